@@ -1,0 +1,110 @@
+"""Array conversion at the library boundary: anything NumPy, PyTorch, CuPy or JAX hands over becomes a
+checked, C-contiguous NumPy array of float32 (or an integer array), or a clear error naming the argument.
+
+Floating inputs of float16, bfloat16, float32 or float64 are accepted and converted to float32, the dtype
+every engine computes in (float16 and bfloat16 convert exactly; float64 is rounded, and a value too large
+for float32 is reported as non-finite, never clipped). Integer, boolean and complex inputs are refused.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def _bfloat16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
+    """uint16 bit patterns of bfloat16 values -> the same values as float32 (exact)."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def _from_torch(x):
+    import torch  # only reached when x is a torch.Tensor, so torch is importable
+
+    x = x.detach()
+    if x.dtype == torch.bfloat16:
+        return _bfloat16_bits_to_float32(x.view(torch.int16).cpu().numpy().view(np.uint16))
+    return x.cpu().numpy()
+
+
+def _from_cuda_array(x, name: str):
+    try:
+        import cupy
+    except ImportError:
+        raise TypeError(f"{name}: a GPU array ({type(x).__name__}) needs cupy to be copied to the host; "
+                        f"install wolindex[gpu] or pass a host array") from None
+    return cupy.asnumpy(cupy.asarray(x))
+
+
+def to_numpy(x, name: str) -> np.ndarray:
+    """Any array-like -> np.ndarray without changing its dtype (bfloat16 from torch becomes float32).
+
+    Accepts np.ndarray, torch.Tensor (CPU or CUDA), objects with ``__cuda_array_interface__`` (CuPy),
+    ``__dlpack__`` or ``__array__`` (JAX, ...), and nested lists."""
+    if isinstance(x, np.ndarray):
+        return x
+    module = type(x).__module__.split(".")[0]
+    if module == "torch":
+        return _from_torch(x)
+    if hasattr(x, "__cuda_array_interface__"):
+        return _from_cuda_array(x, name)
+    if hasattr(x, "__array__"):
+        return np.asarray(x)
+    if hasattr(x, "__dlpack__"):
+        return np.from_dlpack(x)
+    if isinstance(x, (list, tuple)):
+        try:
+            return np.asarray(x)
+        except ValueError as err:
+            raise ValueError(f"{name}: cannot be read as an array ({err})") from None
+    raise TypeError(f"{name}: expected an array (NumPy, PyTorch, CuPy, JAX or a nested list), "
+                    f"got {type(x).__name__}")
+
+
+def as_float32(x, name: str, ndim: int, *, check_finite: bool = True) -> np.ndarray:
+    """Array-like of a floating dtype -> C-contiguous float32 array of exactly `ndim` dimensions."""
+    a = to_numpy(x, name)
+    if a.dtype.name not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected a floating dtype ({', '.join(FLOAT_DTYPES)}), got {a.dtype}")
+    if a.ndim != ndim:
+        hint = " (for one query use h[None, :])" if ndim == 2 and a.ndim == 1 else ""
+        raise ValueError(f"{name}: expected a {ndim}-D array, got shape {a.shape}{hint}")
+    if a.dtype != np.float32:
+        with np.errstate(over="ignore"):
+            a = a.astype(np.float32)
+    a = np.ascontiguousarray(a)
+    if check_finite and not np.isfinite(a).all():
+        bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+        raise ValueError(f"{name}: contains {bad} NaN or Inf value(s) (after conversion to float32)")
+    return a
+
+
+def as_queries(H, dim: int, name: str = "H") -> np.ndarray:
+    """Queries -> (N, dim) float32, N >= 1, all finite."""
+    Q = as_float32(H, name, 2)
+    if Q.shape[0] == 0:
+        raise ValueError(f"{name}: is empty (shape {Q.shape}); pass at least one query")
+    if Q.shape[1] != dim:
+        raise ValueError(f"{name}: expected shape (N, {dim}) to match the index, got {Q.shape}")
+    return Q
+
+
+def as_labels(y, n: int, n_classes: int, name: str = "labels") -> np.ndarray:
+    """Class ids -> (n,) int64, each in [0, n_classes)."""
+    a = to_numpy(y, name)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected an integer dtype, got {a.dtype}")
+    if a.ndim != 1 or a.shape[0] != n:
+        raise ValueError(f"{name}: expected shape ({n},), got {a.shape}")
+    a = a.astype(np.int64)
+    if n and (a.min() < 0 or a.max() >= n_classes):
+        raise ValueError(f"{name}: class ids must lie in [0, {n_classes}), got range [{a.min()}, {a.max()}]")
+    return a
+
+
+def check_k(k, n_classes: int) -> int:
+    """k must be an int with 1 <= k <= n_classes."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"k: expected an int, got {type(k).__name__}")
+    if not 1 <= k <= n_classes:
+        raise ValueError(f"k: expected 1 <= k <= {n_classes} (the number of classes), got {k}")
+    return int(k)

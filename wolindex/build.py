@@ -1,0 +1,44 @@
+"""wolindex.build: checks the inputs once, runs a method's builder, wraps the result in an Index."""
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from . import __version__
+from .arrays import as_labels, as_queries
+from .index import Index
+from .layer import OutputLayer
+from .methods import get_method
+
+
+def build(W, b=None, method: str = "exact", *, train=None, labels=None, class_counts=None,
+          verbose: bool = True, **params: Any) -> Index:
+    """Build an index over the output layer ``logits = H @ W.T + b``.
+
+    W: (D, d) array from any framework (or an OutputLayer, then b and class_counts must be None);
+    b: (D,) or None for zeros; method: a name in wolindex.METHODS; train: (N, d) sample hidden states and
+    labels: (N,) their true class ids, for learned builders; class_counts: (D,) training frequencies;
+    params: the method's build settings (see wolindex.METHODS[method].Build)."""
+    if isinstance(W, OutputLayer):
+        if b is not None or class_counts is not None:
+            raise ValueError("b / class_counts: pass them inside the OutputLayer, not beside it")
+        layer = W
+    else:
+        layer = OutputLayer.from_arrays(W, b, class_counts)
+    method_cls = get_method(method)
+    build_params = method_cls.Build.from_dict(params)
+    H = None if train is None else as_queries(train, layer.dim, "train")
+    y = None
+    if labels is not None:
+        if H is None:
+            raise ValueError("labels: given without train hidden states")
+        y = as_labels(labels, H.shape[0], layer.n_classes)
+    t0 = time.perf_counter()
+    built = method_cls.build(layer, build_params, H, y, verbose)
+    info = {
+        "build_seconds": time.perf_counter() - t0,
+        "built_with": f"wolindex {__version__}",
+        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    return Index(layer, built, build_params, info=info)

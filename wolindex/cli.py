@@ -1,0 +1,108 @@
+"""Command line: wolindex demo | build | search | info."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+
+def _settings(pairs: list[str]) -> dict:
+    """['n_probe=2', 'engine=numpy'] -> {'n_probe': 2, 'engine': 'numpy'} (values parsed as JSON if they can be)."""
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set: expected key=value, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _demo(a):
+    from .demo import run_demo
+
+    run_demo(data=a.data, threads=a.threads, n_queries=a.queries)
+
+
+def _build(a):
+    from . import build, load_layer, read_tensor
+
+    layer = load_layer(a.weights, a.weight_key, bias=a.bias, bias_key=a.bias_key)
+    train = read_tensor(a.train) if a.train else None
+    labels = read_tensor(a.labels) if a.labels else None
+    index = build(layer, method=a.method, train=train, labels=labels, **_settings(a.set))
+    index.save(a.out)
+    print(json.dumps(index.stats(), indent=1))
+
+
+def _search(a):
+    from . import load, read_tensor
+
+    index = load(a.index, mmap=True)
+    scores, labels, n_scored = index.search(read_tensor(a.queries, a.queries_key), a.k, return_n_scored=True,
+                                            **_settings(a.set))
+    if a.out:
+        np.savez(a.out, scores=scores, labels=labels, n_scored=n_scored)
+    else:
+        for row_s, row_l in zip(scores[:20], labels[:20]):
+            print(" ".join(f"{lab}:{sc:.4f}" for sc, lab in zip(row_s, row_l)))
+        if len(scores) > 20:
+            print(f"... {len(scores) - 20} more rows (use --out to save them all)")
+
+
+def _info(a):
+    from . import load
+
+    print(json.dumps(load(a.index, mmap=True).stats(), indent=1))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="wolindex", description="Fast top-k for wide output layers.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="build indexes and print accuracy / speed against exact baselines")
+    d.add_argument("--data", choices=["debian-lm-100k", "synthetic"], default=None,
+                   help="default: debian-lm-100k when WOLINDEX_DATA has it, else synthetic")
+    d.add_argument("--threads", type=int, default=2)
+    d.add_argument("--queries", type=int, default=2048, help="test queries used")
+    d.set_defaults(run=_demo)
+
+    b = sub.add_parser("build", help="build an index from a weights file")
+    b.add_argument("weights", help=".npy / .npz / .safetensors file or Hugging Face checkpoint folder")
+    b.add_argument("out", help="index path: a folder, or a single file ending in .wol or .zip")
+    b.add_argument("--weight-key", default=None)
+    b.add_argument("--bias", default=None, help="bias file (default: none, or --bias-key in the weights file)")
+    b.add_argument("--bias-key", default=None)
+    b.add_argument("--method", default="exact")
+    b.add_argument("--train", default=None, help=".npy of training hidden states (N, d)")
+    b.add_argument("--labels", default=None, help=".npy of their true labels (N,)")
+    b.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="build settings")
+    b.set_defaults(run=_build)
+
+    s = sub.add_parser("search", help="search an index with queries from a file")
+    s.add_argument("index")
+    s.add_argument("queries", help=".npy / .npz / .safetensors of (N, d) hidden states")
+    s.add_argument("--queries-key", default=None)
+    s.add_argument("-k", type=int, default=10)
+    s.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="search settings")
+    s.add_argument("--out", default=None, help="write scores / labels / n_scored to this .npz")
+    s.set_defaults(run=_search)
+
+    i = sub.add_parser("info", help="print an index's stats")
+    i.add_argument("index")
+    i.set_defaults(run=_info)
+
+    a = p.parse_args(argv)
+    try:
+        a.run(a)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        print(f"wolindex {a.command}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

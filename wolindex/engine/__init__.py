@@ -1,0 +1,8 @@
+"""The query engine: exact top-k over all classes, and exact top-k over candidate buckets (CSR class lists).
+
+Ranking order everywhere: score descending, ties broken by the smaller class id. Rows with fewer than k
+candidates are padded with label -1 and score -inf."""
+from .buckets import Buckets
+from .dispatch import candidate_topk, exact_topk
+
+__all__ = ["Buckets", "candidate_topk", "exact_topk"]

@@ -1,0 +1,68 @@
+"""Buckets: class lists in CSR form, the structure every approximate method hands to the engine."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Buckets:
+    """B buckets of class ids.  indptr: (B + 1,) int64, indices: (nnz,) int32 class ids;
+    bucket i holds indices[indptr[i]:indptr[i + 1]]. Buckets may be empty and may overlap."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+
+    @classmethod
+    def from_lists(cls, lists) -> "Buckets":
+        """A sequence of integer arrays -> Buckets."""
+        sizes = np.array([len(x) for x in lists], dtype=np.int64)
+        indptr = np.zeros(len(lists) + 1, np.int64)
+        np.cumsum(sizes, out=indptr[1:])
+        flat = np.concatenate([np.asarray(x, dtype=np.int64) for x in lists]) if len(lists) else np.zeros(0)
+        return cls(indptr, flat.astype(np.int32))
+
+    @classmethod
+    def from_assignment(cls, bucket_of_class: np.ndarray, n_buckets: int) -> "Buckets":
+        """A partition: bucket_of_class (D,) ints in [0, n_buckets) -> Buckets (ids ascending per bucket)."""
+        order = np.argsort(bucket_of_class, kind="stable").astype(np.int32)
+        counts = np.bincount(bucket_of_class, minlength=n_buckets)
+        indptr = np.zeros(n_buckets + 1, np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        return cls(indptr, order)
+
+    @property
+    def n_buckets(self) -> int:
+        return self.indptr.shape[0] - 1
+
+    def sizes(self) -> np.ndarray:
+        return np.diff(self.indptr)
+
+    def validate(self, n_classes: int) -> None:
+        """Raise ValueError unless this is well-formed CSR over [0, n_classes), ids unique per bucket."""
+        if self.indptr.ndim != 1 or self.indptr.shape[0] < 1 or self.indices.ndim != 1:
+            raise ValueError("buckets: indptr and indices must be 1-D, indptr non-empty")
+        if self.indptr.dtype != np.int64 or self.indices.dtype != np.int32:
+            raise TypeError("buckets: indptr must be int64 and indices int32")
+        if self.indptr[0] != 0 or self.indptr[-1] != self.indices.shape[0] or np.any(np.diff(self.indptr) < 0):
+            raise ValueError("buckets: indptr must start at 0, be non-decreasing and end at len(indices)")
+        if self.indices.size and (self.indices.min() < 0 or self.indices.max() >= n_classes):
+            raise ValueError(f"buckets: class ids must lie in [0, {n_classes})")
+        owner = np.repeat(np.arange(self.n_buckets), self.sizes())
+        order = np.lexsort((self.indices, owner))
+        same = (owner[order][1:] == owner[order][:-1]) & (self.indices[order][1:] == self.indices[order][:-1])
+        if same.any():
+            raise ValueError("buckets: a bucket holds the same class id twice")
+
+
+def check_probes(probes: np.ndarray, n_buckets: int, n_queries: int) -> np.ndarray:
+    """probes (N, m) ints, -1 for 'no bucket' -> int32 C-contiguous, range-checked."""
+    p = np.asarray(probes)
+    if p.ndim != 2 or p.shape[0] != n_queries:
+        raise ValueError(f"probes: expected shape ({n_queries}, m), got {p.shape}")
+    if p.dtype.kind not in "iu":
+        raise TypeError(f"probes: expected an integer dtype, got {p.dtype}")
+    if p.size and (p.min() < -1 or p.max() >= n_buckets):
+        raise ValueError(f"probes: bucket ids must lie in [-1, {n_buckets})")
+    return np.ascontiguousarray(p, dtype=np.int32)

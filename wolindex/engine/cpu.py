@@ -1,0 +1,200 @@
+"""Numba CPU kernels of the query engine.
+
+All scoring goes through `_score_block`: a register-tiled (2 rows x 4 queries) dot-product kernel that
+reads each class row once per row block and keeps it in cache while all of the block's queries use it,
+feeding per-query top-k heaps directly (no N x D score buffer, no separate selection pass).
+
+Kernels use fastmath without 'nnan'/'ninf', so the -inf heap sentinels compare correctly; only the
+summation order of a dot product is left to the compiler (scores may differ from numpy in the last ulps).
+"""
+import numpy as np
+from numba import njit, prange
+
+from .heap import clear, offer, offer_unique, write_sorted
+
+FAST = {"reassoc", "contract", "nsz"}
+
+
+@njit(fastmath=FAST, inline="always")
+def _dot1(w, h):
+    acc = np.float32(0.0)
+    for t in range(w.shape[0]):
+        acc += w[t] * h[t]
+    return acc
+
+
+@njit(fastmath=FAST, inline="always")
+def _dot2x4(w0, w1, h0, h1, h2, h3):
+    a00 = np.float32(0.0)
+    a01 = np.float32(0.0)
+    a02 = np.float32(0.0)
+    a03 = np.float32(0.0)
+    a10 = np.float32(0.0)
+    a11 = np.float32(0.0)
+    a12 = np.float32(0.0)
+    a13 = np.float32(0.0)
+    for t in range(w0.shape[0]):
+        x0 = w0[t]
+        x1 = w1[t]
+        y0 = h0[t]
+        y1 = h1[t]
+        y2 = h2[t]
+        y3 = h3[t]
+        a00 += x0 * y0
+        a01 += x0 * y1
+        a02 += x0 * y2
+        a03 += x0 * y3
+        a10 += x1 * y0
+        a11 += x1 * y1
+        a12 += x1 * y2
+        a13 += x1 * y3
+    return a00, a01, a02, a03, a10, a11, a12, a13
+
+
+@njit(fastmath=FAST)
+def _score_block(W, b, rows, H, qsel, hs, hl, hrow, row_block):
+    """Score classes `rows` (int32) against queries H[qsel] and offer each score to heap hrow[i] of
+    (hs, hl) for query qsel[i]. Rows are taken `row_block` at a time so they stay in cache."""
+    n_rows = rows.shape[0]
+    n_q = qsel.shape[0]
+    for r0 in range(0, n_rows, row_block):
+        r1 = min(n_rows, r0 + row_block)
+        i = 0
+        while i + 4 <= n_q:
+            h0 = H[qsel[i]]
+            h1 = H[qsel[i + 1]]
+            h2 = H[qsel[i + 2]]
+            h3 = H[qsel[i + 3]]
+            s0 = hs[hrow[i]]
+            s1 = hs[hrow[i + 1]]
+            s2 = hs[hrow[i + 2]]
+            s3 = hs[hrow[i + 3]]
+            l0 = hl[hrow[i]]
+            l1 = hl[hrow[i + 1]]
+            l2 = hl[hrow[i + 2]]
+            l3 = hl[hrow[i + 3]]
+            j = r0
+            while j + 2 <= r1:
+                c0 = rows[j]
+                c1 = rows[j + 1]
+                a00, a01, a02, a03, a10, a11, a12, a13 = _dot2x4(W[c0], W[c1], h0, h1, h2, h3)
+                b0 = b[c0]
+                b1 = b[c1]
+                offer(s0, l0, a00 + b0, c0)
+                offer(s1, l1, a01 + b0, c0)
+                offer(s2, l2, a02 + b0, c0)
+                offer(s3, l3, a03 + b0, c0)
+                offer(s0, l0, a10 + b1, c1)
+                offer(s1, l1, a11 + b1, c1)
+                offer(s2, l2, a12 + b1, c1)
+                offer(s3, l3, a13 + b1, c1)
+                j += 2
+            if j < r1:
+                c0 = rows[j]
+                w0 = W[c0]
+                b0 = b[c0]
+                offer(s0, l0, _dot1(w0, h0) + b0, c0)
+                offer(s1, l1, _dot1(w0, h1) + b0, c0)
+                offer(s2, l2, _dot1(w0, h2) + b0, c0)
+                offer(s3, l3, _dot1(w0, h3) + b0, c0)
+            i += 4
+        while i < n_q:
+            h = H[qsel[i]]
+            s0 = hs[hrow[i]]
+            l0 = hl[hrow[i]]
+            for j in range(r0, r1):
+                c0 = rows[j]
+                offer(s0, l0, _dot1(W[c0], h) + b[c0], c0)
+            i += 1
+
+
+@njit(parallel=True, fastmath=FAST, cache=True)
+def exact_topk_kernel(W, b, H, k, n_chunks, row_block, out_s, out_l):
+    """Exact top-k of H @ W.T + b.  W (D, d) f32, b (D,) f32, H (N, d) f32 -> out_s (N, k) f32, out_l (N, k) i64.
+
+    Classes are split into n_chunks ranges scored in parallel, each into its own heaps; then merged."""
+    D = W.shape[0]
+    N = H.shape[0]
+    hs = np.empty((n_chunks, N, k), np.float32)
+    hl = np.empty((n_chunks, N, k), np.int64)
+    all_rows = np.arange(D).astype(np.int32)
+    qsel = np.arange(N)
+    step = (D + n_chunks - 1) // n_chunks
+    for c in prange(n_chunks):
+        for i in range(N):
+            clear(hs[c, i], hl[c, i])
+        lo = min(D, c * step)
+        hi = min(D, lo + step)
+        _score_block(W, b, all_rows[lo:hi], H, qsel, hs[c], hl[c], qsel, row_block)
+    for i in prange(N):
+        s = hs[0, i]
+        l = hl[0, i]
+        for c in range(1, n_chunks):
+            for t in range(k):
+                offer(s, l, hs[c, i, t], hl[c, i, t])
+        write_sorted(s, l, out_s[i], out_l[i])
+
+
+@njit(parallel=True, fastmath=FAST, cache=True)
+def fused_candidates_kernel(W, b, H, probes, indptr, indices, k, stamps, cand, stamp0, row_block,
+                            out_s, out_l, n_scored):
+    """Per query: the union of its probed buckets (each class once), scored exactly, top-k.
+
+    probes (N, m) int32 bucket ids (-1: none); stamps / cand (n_chunks, D) int32 per-chunk workspaces,
+    stamps holding values < stamp0 on entry. Queries are split into n_chunks contiguous runs in parallel.
+    Writes out_s (N, k), out_l (N, k) and n_scored (N,) = distinct classes scored."""
+    N = H.shape[0]
+    m = probes.shape[1]
+    n_chunks = stamps.shape[0]
+    step = (N + n_chunks - 1) // n_chunks
+    for c in prange(n_chunks):
+        st = stamps[c]
+        cd = cand[c]
+        hs = np.empty((1, k), np.float32)
+        hl = np.empty((1, k), np.int64)
+        zero = np.zeros(1, np.int64)
+        qsel = np.empty(1, np.int64)
+        for i in range(c * step, min(N, (c + 1) * step)):
+            tag = stamp0 + i
+            n = 0
+            for j in range(m):
+                bkt = probes[i, j]
+                if bkt < 0:
+                    continue
+                for p in range(indptr[bkt], indptr[bkt + 1]):
+                    cls = indices[p]
+                    if st[cls] != tag:
+                        st[cls] = tag
+                        cd[n] = cls
+                        n += 1
+            clear(hs[0], hl[0])
+            qsel[0] = i
+            _score_block(W, b, cd[:n], H, qsel, hs, hl, zero, row_block)
+            write_sorted(hs[0], hl[0], out_s[i], out_l[i])
+            n_scored[i] = n
+
+
+@njit(parallel=True, fastmath=FAST, cache=True)
+def grouped_candidates_kernel(W, b, H, indptr, indices, item_bucket, item_start, item_stop,
+                              pair_query, pair_slot, k, m, row_block, out_s, out_l):
+    """Queries grouped by bucket: each work item scores one bucket's rows against a run of the queries
+    that probe it (pair_query[item_start:item_stop]), rows read once per item, into per-(query, probe)
+    heaps pair_slot; then each query merges its m heaps, a class kept once."""
+    N = H.shape[0]
+    hs = np.empty((N * m, k), np.float32)
+    hl = np.empty((N * m, k), np.int64)
+    for t in prange(N * m):
+        clear(hs[t], hl[t])
+    for it in prange(item_bucket.shape[0]):
+        bkt = item_bucket[it]
+        a = item_start[it]
+        z = item_stop[it]
+        _score_block(W, b, indices[indptr[bkt]:indptr[bkt + 1]], H, pair_query[a:z], hs, hl,
+                     pair_slot[a:z], row_block)
+    for i in prange(N):
+        s = hs[i * m]
+        l = hl[i * m]
+        for j in range(1, m):
+            for t in range(k):
+                offer_unique(s, l, hs[i * m + j, t], hl[i * m + j, t])
+        write_sorted(s, l, out_s[i], out_l[i])

@@ -1,0 +1,90 @@
+"""Index: a built method over an output layer, with search / save / load / stats."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .arrays import as_queries, check_k
+from .layer import OutputLayer
+from .methods import Method
+from .params import BuildParams
+
+
+class Index:
+    """A searchable (W, b). Holds host arrays and metadata only; searching never changes it.
+
+    Build one with wolindex.build, or load one with wolindex.load."""
+
+    def __init__(self, layer: OutputLayer, method: Method, build_params: BuildParams,
+                 default_search: dict[str, Any] | None = None, info: dict[str, Any] | None = None):
+        self.layer = layer
+        self.method = method
+        self.build_params = build_params
+        self.default_search = type(method).Search.from_dict(default_search).to_dict()
+        self.info = dict(info or {})
+
+    @property
+    def method_name(self) -> str:
+        return type(self.method).name
+
+    @property
+    def n_classes(self) -> int:
+        return self.layer.n_classes
+
+    @property
+    def dim(self) -> int:
+        return self.layer.dim
+
+    def search_params(self, **settings: Any):
+        """The settings a search with these keyword overrides would use (the index defaults otherwise)."""
+        return type(self.method).Search.from_dict(self.default_search, **settings)
+
+    def search(self, H, k: int = 10, *, return_n_scored: bool = False, **settings: Any):
+        """Top-k classes of each query, by exact logit ``w_c . h + b_c``.
+
+        H: (N, d) array from any framework, any float dtype (computed in float32); k: 1 <= k <= D;
+        settings: the method's search settings for this call (see ``search_params``).
+        Returns scores (N, k) float32 and labels (N, k) int64, each row best first (ties: smaller id
+        first), padded with -inf / -1 when a method finds fewer than k candidates; with
+        return_n_scored=True also n_scored (N,) int64, the classes scored per query."""
+        Q = as_queries(H, self.dim)
+        k = check_k(k, self.n_classes)
+        scores, labels, n_scored = self.method.search(self.layer, Q, k, self.search_params(**settings))
+        return (scores, labels, n_scored) if return_n_scored else (scores, labels)
+
+    def save(self, path) -> None:
+        """Write the index to a folder, or to a single uncompressed zip when path ends in .zip or .wol."""
+        from .io import save_index
+
+        save_index(self, path)
+
+    def nbytes(self) -> int:
+        """Bytes held by the index: the layer plus the method's arrays."""
+        layer = self.layer.W.nbytes + self.layer.b.nbytes
+        if self.layer.class_counts is not None:
+            layer += self.layer.class_counts.nbytes
+        return layer + self.method.nbytes()
+
+    def stats(self, H=None, k: int = 10, **settings: Any) -> dict[str, Any]:
+        """Sizes, settings and build information; with sample queries H, also the mean number of classes
+        scored per query under the given (or default) search settings."""
+        out = {
+            "method": self.method_name,
+            "n_classes": self.n_classes,
+            "dim": self.dim,
+            "index_bytes": self.nbytes(),
+            "method_bytes": self.method.nbytes(),
+            "index_bytes_over_W_bytes": self.nbytes() / self.layer.W.nbytes,
+            "build_params": self.build_params.to_dict(),
+            "default_search": dict(self.default_search),
+            **self.info,
+        }
+        if H is not None:
+            _, _, n_scored = self.search(H, k, return_n_scored=True, **settings)
+            out["candidates_per_query"] = float(np.mean(n_scored))
+            out["candidates_fraction"] = out["candidates_per_query"] / self.n_classes
+        return out
+
+    def __repr__(self) -> str:
+        return f"<wolindex.Index method={self.method_name!r} D={self.n_classes} d={self.dim}>"

@@ -1,0 +1,270 @@
+"""Index files: meta.json plus one .npy per array, in a folder or in one uncompressed zip.
+
+Writes are atomic (a temporary sibling is renamed into place). Loading parses JSON and .npy headers only,
+never unpickles or imports anything named by the file, checks every array's dtype, shape and SHA-256, and
+can memory-map the arrays (also inside the zip, whose members are stored uncompressed)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import struct
+import uuid
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .index import Index
+from .layer import OutputLayer
+from .methods import get_method
+
+FORMAT = "wolindex-index"
+FORMAT_VERSION = 1
+META = "meta.json"
+_ZIP_SUFFIXES = (".zip", ".wol")
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_CHUNK = 1 << 20
+_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+class _HashingWriter:
+    """File-like wrapper that hashes what passes through it."""
+
+    def __init__(self, f):
+        self.f = f
+        self.sha = hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        return self.f.write(data)
+
+
+def _arrays_of(index: Index) -> dict[str, np.ndarray]:
+    arrays = {"layer.W": index.layer.W, "layer.b": index.layer.b}
+    if index.layer.class_counts is not None:
+        arrays["layer.class_counts"] = index.layer.class_counts
+    for name, a in index.method.arrays.items():
+        arrays[f"method.{name}"] = a
+    for name, a in arrays.items():
+        if not _NAME.match(name) or a.dtype.hasobject:
+            raise ValueError(f"array {name!r}: names must match {_NAME.pattern} and dtypes hold no objects")
+    return arrays
+
+
+def _meta_of(index: Index, entries: dict) -> dict:
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "library_version": __version__,
+        "method": index.method_name,
+        "build_params": index.build_params.to_dict(),
+        "default_search": index.default_search,
+        "method_state": index.method.state,
+        "info": index.info,
+        "n_classes": index.n_classes,
+        "dim": index.dim,
+        "arrays": entries,
+    }
+
+
+def _write_npy(f, a: np.ndarray) -> str:
+    w = _HashingWriter(f)
+    np.lib.format.write_array(w, np.ascontiguousarray(a), allow_pickle=False)
+    return w.sha.hexdigest()
+
+
+def _entry(a: np.ndarray, sha: str) -> dict:
+    return {"file": None, "dtype": a.dtype.str, "shape": list(a.shape), "sha256": sha}
+
+
+def _write_folder(tmp: Path, arrays: dict, index: Index) -> None:
+    tmp.mkdir()
+    entries = {}
+    for name, a in arrays.items():
+        with open(tmp / f"{name}.npy", "wb") as f:
+            entries[name] = {**_entry(a, _write_npy(f, a)), "file": f"{name}.npy"}
+            f.flush()
+            os.fsync(f.fileno())
+    with open(tmp / META, "w") as f:
+        json.dump(_meta_of(index, entries), f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_zip(tmp: Path, arrays: dict, index: Index) -> None:
+    entries = {}
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
+        for name, a in arrays.items():
+            with z.open(f"{name}.npy", "w", force_zip64=True) as f:
+                entries[name] = {**_entry(a, _write_npy(f, a)), "file": f"{name}.npy"}
+        z.writestr(META, json.dumps(_meta_of(index, entries), indent=1))
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _is_index_folder(path: Path) -> bool:
+    return (path / META).is_file()
+
+
+def save_index(index: Index, path) -> None:
+    """Write `index` to `path` atomically: a zip if path ends in .zip / .wol, else a folder.
+
+    An existing folder is replaced only if it is itself an index (holds meta.json)."""
+    path = Path(path)
+    arrays = _arrays_of(index)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:12]}"
+    as_zip = path.suffix.lower() in _ZIP_SUFFIXES
+    if path.is_dir() and (as_zip or not (_is_index_folder(path) or not any(path.iterdir()))):
+        raise ValueError(f"path: {path} is a folder that is not a wolindex index; refusing to overwrite it")
+    try:
+        (_write_zip if as_zip else _write_folder)(tmp, arrays, index)
+        if as_zip or not path.exists():
+            os.replace(tmp, path)
+        else:
+            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:12]}"
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+class _Folder:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def meta_bytes(self) -> bytes:
+        if not _is_index_folder(self.path):
+            raise ValueError(f"path: {self.path} is not a wolindex index (no {META})")
+        return (self.path / META).read_bytes()
+
+    def open_npy(self, file: str) -> tuple[str, int, int]:
+        """(os path, offset of the .npy inside it, its length)."""
+        p = self.path / file
+        if not p.is_file():
+            raise ValueError(f"{self.path}: array file {file} is missing")
+        return str(p), 0, p.stat().st_size
+
+
+class _Zip:
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            with zipfile.ZipFile(path) as z:
+                self.members = {i.filename: i for i in z.infolist()}
+        except (zipfile.BadZipFile, OSError) as err:
+            raise ValueError(f"path: {path} is not a readable wolindex index ({err})") from None
+
+    def meta_bytes(self) -> bytes:
+        if META not in self.members:
+            raise ValueError(f"path: {self.path} is not a wolindex index (no {META} inside)")
+        with zipfile.ZipFile(self.path) as z:
+            return z.read(META)
+
+    def open_npy(self, file: str) -> tuple[str, int, int]:
+        info = self.members.get(file)
+        if info is None:
+            raise ValueError(f"{self.path}: array file {file} is missing")
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise ValueError(f"{self.path}: member {file} is compressed; index zips store members uncompressed")
+        with open(self.path, "rb") as f:
+            f.seek(info.header_offset)
+            local = f.read(30)
+        if len(local) != 30 or local[:4] != b"PK\x03\x04":
+            raise ValueError(f"{self.path}: member {file} has a damaged local header")
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        return str(self.path), info.header_offset + 30 + name_len + extra_len, info.file_size
+
+
+def _sha256_of(path: str, offset: int, length: int) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(offset)
+        left = length
+        while left > 0:
+            chunk = f.read(min(_CHUNK, left))
+            if not chunk:
+                break
+            sha.update(chunk)
+            left -= len(chunk)
+    return sha.hexdigest()
+
+
+def _read_array(where: str, offset: int, length: int, entry: dict, mmap: bool, name: str) -> np.ndarray:
+    with open(where, "rb") as f:
+        f.seek(offset)
+        try:
+            version = np.lib.format.read_magic(f)
+            read_header = _NPY_HEADER_READERS.get(version)
+            if read_header is None:
+                raise ValueError(f".npy version {version} is not supported")
+            shape, fortran, dtype = read_header(f)
+        except ValueError as err:
+            raise ValueError(f"array {name}: not a valid .npy ({err})") from None
+        data_offset = f.tell()
+    if dtype.hasobject or fortran:
+        raise ValueError(f"array {name}: object or Fortran-ordered arrays are not allowed in an index")
+    if dtype.str != entry["dtype"] or list(shape) != entry["shape"]:
+        raise ValueError(f"array {name}: file holds {dtype.str} {list(shape)}, meta.json says "
+                         f"{entry['dtype']} {entry['shape']}")
+    nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+    if data_offset - offset + nbytes != length or offset + length > os.path.getsize(where):
+        raise ValueError(f"array {name}: truncated or padded file")
+    if mmap:
+        return np.memmap(where, dtype=dtype, mode="r", offset=data_offset, shape=tuple(shape))
+    with open(where, "rb") as f:
+        f.seek(data_offset)
+        return np.fromfile(f, dtype=dtype, count=int(np.prod(shape, dtype=np.int64))).reshape(shape)
+
+
+def load_index(path, mmap: bool = False, verify: bool = True) -> Index:
+    """Read an index written by Index.save. mmap=True maps arrays read-only instead of reading them;
+    verify=False skips the SHA-256 check (which reads every byte once)."""
+    path = Path(path)
+    if path.is_dir():
+        store = _Folder(path)
+    elif path.is_file():
+        store = _Zip(path)
+    else:
+        raise FileNotFoundError(f"path: {path} does not exist")
+    try:
+        meta = json.loads(store.meta_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"path: {path}: {META} is not valid JSON ({err})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"path: {path} is not a wolindex index (format field is not {FORMAT!r})")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise ValueError(f"path: {path} has format version {version!r}; this wolindex ({__version__}) "
+                         f"reads versions 1..{FORMAT_VERSION}")
+    method_cls = get_method(meta["method"])
+    arrays = {}
+    for name, entry in meta["arrays"].items():
+        if not _NAME.match(name) or entry.get("file") != f"{name}.npy":
+            raise ValueError(f"path: {path}: bad array entry {name!r} in {META}")
+        where, offset, length = store.open_npy(entry["file"])
+        if verify and _sha256_of(where, offset, length) != entry["sha256"]:
+            raise ValueError(f"path: {path}: checksum mismatch in {entry['file']} (file damaged or altered)")
+        arrays[name] = _read_array(where, offset, length, entry, mmap, name)
+    layer = _layer_of(arrays, meta, path)
+    method = method_cls.restore({n[len("method."):]: a for n, a in arrays.items() if n.startswith("method.")},
+                                meta["method_state"])
+    build_params = method_cls.Build.from_dict(meta["build_params"])
+    return Index(layer, method, build_params, meta["default_search"], meta["info"])
+
+
+def _layer_of(arrays: dict, meta: dict, path: Path) -> OutputLayer:
+    D, d = meta["n_classes"], meta["dim"]
+    W, b = arrays.get("layer.W"), arrays.get("layer.b")
+    counts = arrays.get("layer.class_counts")
+    if W is None or b is None or W.dtype != np.float32 or W.shape != (D, d) or b.dtype != np.float32 \
+            or b.shape != (D,) or (counts is not None and (counts.dtype != np.int64 or counts.shape != (D,))):
+        raise ValueError(f"path: {path}: the layer arrays do not match n_classes={D}, dim={d}")
+    return OutputLayer(W, b, counts)

@@ -1,0 +1,42 @@
+"""The contract between builders and the Index."""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..layer import OutputLayer
+from ..params import BuildParams, SearchParams
+
+
+class Method:
+    """One builder + its search. Subclasses set `name`, `Build`, `Search` and implement build / search.
+
+    A built method is plain data: `arrays` (name -> np.ndarray) and `state` (JSON-able dict), which is
+    all that is saved; `restore` rebuilds it from them without running any code from the file."""
+
+    name: ClassVar[str]
+    Build: ClassVar[type[BuildParams]] = BuildParams
+    Search: ClassVar[type[SearchParams]] = SearchParams
+
+    def __init__(self, arrays: dict[str, np.ndarray] | None = None, state: dict[str, Any] | None = None):
+        self.arrays = dict(arrays or {})
+        self.state = dict(state or {})
+
+    @classmethod
+    def build(cls, layer: OutputLayer, params: BuildParams, train: np.ndarray | None,
+              labels: np.ndarray | None, verbose: bool) -> "Method":
+        """Learn the structure. train: (N, d) float32 or None; labels: (N,) int64 or None."""
+        raise NotImplementedError
+
+    @classmethod
+    def restore(cls, arrays: dict[str, np.ndarray], state: dict[str, Any]) -> "Method":
+        return cls(arrays, state)
+
+    def search(self, layer: OutputLayer, H: np.ndarray, k: int, params: SearchParams):
+        """H (N, d) float32 -> scores (N, k) float32, labels (N, k) int64, n_scored (N,) int64."""
+        raise NotImplementedError
+
+    def nbytes(self) -> int:
+        """Bytes of the method's own arrays (the layer not included)."""
+        return int(sum(a.nbytes for a in self.arrays.values()))
