@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from wolindex.engine import Buckets, candidate_topk, dispatch
+from wolindex.engine import Buckets, PackedRows, candidate_topk, dispatch
 from conftest import assert_topk_matches, random_layer, random_queries
 
 
@@ -119,3 +119,26 @@ def test_bucket_validation():
         Buckets(np.array([0, 5], np.int64), np.arange(3, dtype=np.int32)).validate(10)
     with pytest.raises(ValueError, match="twice"):
         Buckets.from_lists([np.array([1, 1])]).validate(3)
+
+
+@pytest.mark.parametrize("path", ["fused", "grouped"])
+def test_packed_rows_give_the_same_results(path):
+    rng = np.random.default_rng(8)
+    W, b = random_layer(900, 24)
+    H = random_queries(60, 24)
+    buckets = random_buckets(900, 30, rng)
+    probes = rng.integers(-1, 30, (60, 3)).astype(np.int32)
+    packed = PackedRows.of(buckets, W, b)
+    packed.validate(buckets, 24)
+    plain = candidate_topk(W, b, H, 12, buckets, probes, path=path)
+    fast = candidate_topk(W, b, H, 12, buckets, probes, path=path, packed=packed)
+    ref = candidate_topk(W, b, H, 12, buckets, probes, engine="numpy", packed=packed)
+    for x, y in zip(plain, fast):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(ref[1], plain[1])
+
+
+def test_packed_rows_validation():
+    buckets = Buckets.from_lists([np.arange(3)])
+    with pytest.raises(ValueError, match="packed: W"):
+        PackedRows.from_arrays(np.zeros((2, 4), np.float32), np.zeros(2, np.float32)).validate(buckets, 4)

@@ -1,8 +1,8 @@
 """Timing helpers and exact baselines shared by the demo and benchmarks/.
 
 Speed protocol (DESIGN.md): warm-up calls first (JIT compilation excluded), then one call per batch over
-distinct query batches, median of the per-call times; queries/s = batch / median. Report it as a ratio
-against `exact` measured in the same run."""
+distinct query batches, the methods interleaved, median of the per-call times; queries/s = batch / median.
+Report it as a ratio against `exact` measured in the same run."""
 from __future__ import annotations
 
 import os
@@ -13,25 +13,37 @@ from typing import Callable
 import numpy as np
 
 
-def time_batches(fn: Callable[[np.ndarray], object], H: np.ndarray, batch: int, n_batches: int,
-                 warmup: int = 2) -> dict:
-    """Median seconds of fn(H[i*batch:(i+1)*batch]) over n_batches distinct batches (wrapping around H).
-
-    Returns {"batch", "n_batches", "median_s", "qps"}."""
-    n = H.shape[0]
+def _batch_starts(n: int, batch: int, count: int) -> list[int]:
     if batch > n:
         raise ValueError(f"batch: {batch} is larger than the {n} queries available")
-    starts = [(i * batch) % (n - batch + 1) for i in range(warmup + n_batches)]
-    for s in starts[:warmup]:
-        fn(H[s:s + batch])
-    times = []
-    for s in starts[warmup:]:
-        Hb = H[s:s + batch]
-        t0 = time.perf_counter()
-        fn(Hb)
-        times.append(time.perf_counter() - t0)
-    median = float(np.median(times))
-    return {"batch": batch, "n_batches": n_batches, "median_s": median, "qps": batch / median}
+    return [(i * batch) % (n - batch + 1) for i in range(count)]
+
+
+def compare_speed(runners: dict[str, Callable[[np.ndarray], object]], H: np.ndarray, batch: int,
+                  n_batches: int, rounds: int = 5, warmup: int = 2) -> dict[str, dict]:
+    """Time each runner on the same distinct batches H[s:s + batch], interleaving the runners in `rounds`
+    rounds so that machine noise falls on all of them alike.
+
+    Returns {name: {"batch", "n_batches", "median_s", "qps"}}: median seconds per call, batch / median."""
+    starts = _batch_starts(H.shape[0], batch, warmup + n_batches)
+    for fn in runners.values():
+        for s in starts[:warmup]:
+            fn(H[s:s + batch])
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    timed = starts[warmup:]
+    for r in range(rounds):
+        part = timed[r::rounds]
+        for name, fn in runners.items():
+            for s in part:
+                Hb = H[s:s + batch]
+                t0 = time.perf_counter()
+                fn(Hb)
+                times[name].append(time.perf_counter() - t0)
+    out = {}
+    for name, ts in times.items():
+        median = float(np.median(ts))
+        out[name] = {"batch": batch, "n_batches": len(ts), "median_s": median, "qps": batch / median}
+    return out
 
 
 def numpy_topk(W: np.ndarray, b: np.ndarray, H: np.ndarray, k: int):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import build
-from .bench import faiss_flat, machine_info, numpy_topk, set_threads, time_batches
+from .bench import compare_speed, faiss_flat, machine_info, numpy_topk, set_threads
 from .data import DATA_ENV, debian_lm_100k, debian_lm_100k_path, synthetic
 from .metrics import p_at_k, true_recall_at_k
 
@@ -61,11 +61,10 @@ def run_demo(data: str | None = None, threads: int = 2, n_queries: int = 2048, b
 
     say("\nspeed: queries/s, median over distinct batches after warm-up; x = speedup over NumPy")
     say(f"  {'method':32s} {'batch 1':>10s} {'x':>6s} {f'batch {batch_large}':>11s} {'x':>6s}")
-    results = {}
-    for name, fn in runners.items():
-        small = time_batches(fn, H, 1, 100)
-        large = time_batches(fn, H, batch_large, 5, warmup=1)
-        results[name] = {"batch1_qps": small["qps"], f"batch{batch_large}_qps": large["qps"]}
+    small = compare_speed(runners, H, 1, 100)
+    large = compare_speed(runners, H, batch_large, 5, warmup=1)
+    results = {name: {"batch1_qps": small[name]["qps"], f"batch{batch_large}_qps": large[name]["qps"]}
+               for name in runners}
     base = results["numpy matmul + argpartition"]
     for name, r in results.items():
         say(f"  {name:32s} {r['batch1_qps']:10.1f} {r['batch1_qps'] / base['batch1_qps']:6.2f}"

@@ -52,9 +52,10 @@ def _dot2x4(w0, w1, h0, h1, h2, h3):
 
 
 @njit(fastmath=FAST)
-def _score_block(W, b, rows, H, qsel, hs, hl, hrow, row_block):
-    """Score classes `rows` (int32) against queries H[qsel] and offer each score to heap hrow[i] of
-    (hs, hl) for query qsel[i]. Rows are taken `row_block` at a time so they stay in cache."""
+def _score_block(W, b, rows, labels, H, qsel, hs, hl, hrow, row_block):
+    """Score rows W[rows[j]] + b[rows[j]] (class labels[j]) against queries H[qsel] and offer each score
+    to heap hrow[i] of (hs, hl) for query qsel[i]. Rows are taken `row_block` at a time so they stay in
+    cache while every query of the block uses them."""
     n_rows = rows.shape[0]
     n_q = qsel.shape[0]
     for r0 in range(0, n_rows, row_block):
@@ -75,11 +76,13 @@ def _score_block(W, b, rows, H, qsel, hs, hl, hrow, row_block):
             l3 = hl[hrow[i + 3]]
             j = r0
             while j + 2 <= r1:
-                c0 = rows[j]
-                c1 = rows[j + 1]
-                a00, a01, a02, a03, a10, a11, a12, a13 = _dot2x4(W[c0], W[c1], h0, h1, h2, h3)
-                b0 = b[c0]
-                b1 = b[c1]
+                row_a = rows[j]
+                row_b = rows[j + 1]
+                c0 = labels[j]
+                c1 = labels[j + 1]
+                a00, a01, a02, a03, a10, a11, a12, a13 = _dot2x4(W[row_a], W[row_b], h0, h1, h2, h3)
+                b0 = b[row_a]
+                b1 = b[row_b]
                 offer(s0, l0, a00 + b0, c0)
                 offer(s1, l1, a01 + b0, c0)
                 offer(s2, l2, a02 + b0, c0)
@@ -90,9 +93,9 @@ def _score_block(W, b, rows, H, qsel, hs, hl, hrow, row_block):
                 offer(s3, l3, a13 + b1, c1)
                 j += 2
             if j < r1:
-                c0 = rows[j]
-                w0 = W[c0]
-                b0 = b[c0]
+                c0 = labels[j]
+                w0 = W[rows[j]]
+                b0 = b[rows[j]]
                 offer(s0, l0, _dot1(w0, h0) + b0, c0)
                 offer(s1, l1, _dot1(w0, h1) + b0, c0)
                 offer(s2, l2, _dot1(w0, h2) + b0, c0)
@@ -103,8 +106,8 @@ def _score_block(W, b, rows, H, qsel, hs, hl, hrow, row_block):
             s0 = hs[hrow[i]]
             l0 = hl[hrow[i]]
             for j in range(r0, r1):
-                c0 = rows[j]
-                offer(s0, l0, _dot1(W[c0], h) + b[c0], c0)
+                r = rows[j]
+                offer(s0, l0, _dot1(W[r], h) + b[r], labels[j])
             i += 1
 
 
@@ -125,7 +128,7 @@ def exact_topk_kernel(W, b, H, k, n_chunks, row_block, out_s, out_l):
             clear(hs[c, i], hl[c, i])
         lo = min(D, c * step)
         hi = min(D, lo + step)
-        _score_block(W, b, all_rows[lo:hi], H, qsel, hs[c], hl[c], qsel, row_block)
+        _score_block(W, b, all_rows[lo:hi], all_rows[lo:hi], H, qsel, hs[c], hl[c], qsel, row_block)
     for i in prange(N):
         s = hs[0, i]
         l = hl[0, i]
@@ -135,51 +138,82 @@ def exact_topk_kernel(W, b, H, k, n_chunks, row_block, out_s, out_l):
         write_sorted(s, l, out_s[i], out_l[i])
 
 
+@njit(inline="always")
+def _collect(probes_row, indptr, indices, row_of, st, tag, cr, cl):
+    """Write the distinct classes of the probed buckets to cl (their rows to cr); returns how many."""
+    n = 0
+    for j in range(probes_row.shape[0]):
+        bkt = probes_row[j]
+        if bkt < 0:
+            continue
+        for p in range(indptr[bkt], indptr[bkt + 1]):
+            cls = indices[p]
+            if st[cls] != tag:
+                st[cls] = tag
+                cr[n] = row_of[p]
+                cl[n] = cls
+                n += 1
+    return n
+
+
 @njit(parallel=True, fastmath=FAST, cache=True)
-def fused_candidates_kernel(W, b, H, probes, indptr, indices, k, stamps, cand, stamp0, row_block,
-                            out_s, out_l, n_scored):
+def fused_candidates_kernel(W, b, row_of, H, probes, indptr, indices, k, stamps, cand_rows, cand_labels, stamp0,
+                            row_block, out_s, out_l, n_scored):
     """Per query: the union of its probed buckets (each class once), scored exactly, top-k.
 
-    probes (N, m) int32 bucket ids (-1: none); stamps / cand (n_chunks, D) int32 per-chunk workspaces,
-    stamps holding values < stamp0 on entry. Queries are split into n_chunks contiguous runs in parallel.
+    Bucket entry p is class indices[p] with its row W[row_of[p]], b[row_of[p]]. probes (N, m) int32 bucket
+    ids (-1: none); stamps, cand_rows, cand_labels (n_chunks, D) int32 per-chunk workspaces, stamps holding
+    values < stamp0 on entry. Queries are split into n_chunks contiguous runs scored in parallel.
     Writes out_s (N, k), out_l (N, k) and n_scored (N,) = distinct classes scored."""
     N = H.shape[0]
-    m = probes.shape[1]
     n_chunks = stamps.shape[0]
     step = (N + n_chunks - 1) // n_chunks
     for c in prange(n_chunks):
-        st = stamps[c]
-        cd = cand[c]
         hs = np.empty((1, k), np.float32)
         hl = np.empty((1, k), np.int64)
         zero = np.zeros(1, np.int64)
         qsel = np.empty(1, np.int64)
         for i in range(c * step, min(N, (c + 1) * step)):
-            tag = stamp0 + i
-            n = 0
-            for j in range(m):
-                bkt = probes[i, j]
-                if bkt < 0:
-                    continue
-                for p in range(indptr[bkt], indptr[bkt + 1]):
-                    cls = indices[p]
-                    if st[cls] != tag:
-                        st[cls] = tag
-                        cd[n] = cls
-                        n += 1
+            n = _collect(probes[i], indptr, indices, row_of, stamps[c], stamp0 + i, cand_rows[c], cand_labels[c])
             clear(hs[0], hl[0])
             qsel[0] = i
-            _score_block(W, b, cd[:n], H, qsel, hs, hl, zero, row_block)
+            _score_block(W, b, cand_rows[c, :n], cand_labels[c, :n], H, qsel, hs, hl, zero, row_block)
             write_sorted(hs[0], hl[0], out_s[i], out_l[i])
             n_scored[i] = n
 
 
 @njit(parallel=True, fastmath=FAST, cache=True)
-def grouped_candidates_kernel(W, b, H, indptr, indices, item_bucket, item_start, item_stop,
+def split_candidates_kernel(W, b, row_of, H, probes, indptr, indices, k, stamps, cand_rows, cand_labels, stamp0,
+                            n_parts, row_block, out_s, out_l, n_scored):
+    """fused_candidates_kernel for fewer queries than threads: one query at a time, its candidate list cut
+    into n_parts scored in parallel (more memory traffic in flight), the parts' heaps then merged.
+    Uses the first workspace row only."""
+    N = H.shape[0]
+    hs = np.empty((n_parts, k), np.float32)
+    hl = np.empty((n_parts, k), np.int64)
+    for i in range(N):
+        n = _collect(probes[i], indptr, indices, row_of, stamps[0], stamp0 + i, cand_rows[0], cand_labels[0])
+        step = (n + n_parts - 1) // n_parts
+        for t in prange(n_parts):
+            clear(hs[t], hl[t])
+            lo = min(n, t * step)
+            hi = min(n, lo + step)
+            qsel = np.full(1, i, np.int64)
+            heap = np.full(1, t, np.int64)
+            _score_block(W, b, cand_rows[0, lo:hi], cand_labels[0, lo:hi], H, qsel, hs, hl, heap, row_block)
+        for t in range(1, n_parts):
+            for j in range(k):
+                offer(hs[0], hl[0], hs[t, j], hl[t, j])
+        write_sorted(hs[0], hl[0], out_s[i], out_l[i])
+        n_scored[i] = n
+
+
+@njit(parallel=True, fastmath=FAST, cache=True)
+def grouped_candidates_kernel(W, b, row_of, H, indptr, indices, item_bucket, item_start, item_stop,
                               pair_query, pair_slot, k, m, row_block, out_s, out_l):
-    """Queries grouped by bucket: each work item scores one bucket's rows against a run of the queries
-    that probe it (pair_query[item_start:item_stop]), rows read once per item, into per-(query, probe)
-    heaps pair_slot; then each query merges its m heaps, a class kept once."""
+    """Queries grouped by bucket: each work item scores one bucket's rows (W[row_of[p]], class indices[p])
+    against a run of the queries that probe it (pair_query[item_start:item_stop]), each row read once per
+    item, into per-(query, probe) heaps pair_slot; then each query merges its m heaps, a class kept once."""
     N = H.shape[0]
     hs = np.empty((N * m, k), np.float32)
     hl = np.empty((N * m, k), np.int64)
@@ -189,8 +223,9 @@ def grouped_candidates_kernel(W, b, H, indptr, indices, item_bucket, item_start,
         bkt = item_bucket[it]
         a = item_start[it]
         z = item_stop[it]
-        _score_block(W, b, indices[indptr[bkt]:indptr[bkt + 1]], H, pair_query[a:z], hs, hl,
-                     pair_slot[a:z], row_block)
+        lo = indptr[bkt]
+        hi = indptr[bkt + 1]
+        _score_block(W, b, row_of[lo:hi], indices[lo:hi], H, pair_query[a:z], hs, hl, pair_slot[a:z], row_block)
     for i in prange(N):
         s = hs[i * m]
         l = hl[i * m]

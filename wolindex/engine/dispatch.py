@@ -7,7 +7,7 @@ import numba
 import numpy as np
 
 from . import cpu, numpy_ref
-from .buckets import Buckets, check_probes
+from .buckets import Buckets, PackedRows, check_probes
 
 ENGINES = ("numba", "numpy")
 PATHS = ("auto", "fused", "grouped")
@@ -68,32 +68,53 @@ def exact_topk(W: np.ndarray, b: np.ndarray, H: np.ndarray, k: int, engine: str 
     return out_s, out_l
 
 
-def _stamp_workspace(n_chunks: int, n_classes: int, n_queries: int):
-    """This thread's (stamps, cand, first stamp) for the fused kernel, reused across calls."""
-    key = (n_chunks, n_classes)
+class _FusedWorkspace:
+    """Per-thread scratch of the fused kernel: visited stamps and candidate lists, (n_chunks, D) int32."""
+
+    def __init__(self, n_chunks: int, n_classes: int):
+        self.stamps = np.zeros((n_chunks, n_classes), np.int32)
+        self.cand_rows = np.empty((n_chunks, n_classes), np.int32)
+        self.cand_labels = np.empty((n_chunks, n_classes), np.int32)
+        self.next_stamp = 1
+
+    def take_stamps(self, n_queries: int) -> int:
+        """First stamp of a call scoring n_queries; stamps are cleared before the counter would overflow."""
+        if self.next_stamp + n_queries >= _STAMP_LIMIT:
+            self.stamps[:] = 0
+            self.next_stamp = 1
+        first = self.next_stamp
+        self.next_stamp += n_queries
+        return first
+
+
+def _fused_workspace(n_chunks: int, n_classes: int) -> _FusedWorkspace:
+    """This thread's workspace for (n_chunks, n_classes), reused across calls."""
     spaces = getattr(_local, "spaces", None)
     if spaces is None:
         spaces = _local.spaces = {}
-    ws = spaces.get(key)
-    if ws is None or ws[2] + n_queries >= _STAMP_LIMIT:
-        ws = [np.zeros((n_chunks, n_classes), np.int32), np.empty((n_chunks, n_classes), np.int32), 1]
-        spaces[key] = ws
-    stamp0 = ws[2]
-    ws[2] += n_queries
-    return ws[0], ws[1], stamp0
+    key = (n_chunks, n_classes)
+    if key not in spaces:
+        spaces[key] = _FusedWorkspace(n_chunks, n_classes)
+    return spaces[key]
 
 
-def _fused(W, b, H, k, buckets, probes):
+def _fused(W, b, row_of, n_classes, H, k, buckets, probes):
     N = H.shape[0]
-    n_chunks = max(1, min(N, numba.get_num_threads()))
+    threads = numba.get_num_threads()
+    n_chunks = max(1, min(N, threads))
     out_s = np.empty((N, k), np.float32)
     out_l = np.empty((N, k), np.int64)
     n_scored = np.empty(N, np.int64)
+    ws = _fused_workspace(n_chunks, n_classes)
     for q0 in range(0, N, QUERY_BLOCK):
         q1 = min(N, q0 + QUERY_BLOCK)
-        stamps, cand, stamp0 = _stamp_workspace(n_chunks, W.shape[0], q1 - q0)
-        _launch(cpu.fused_candidates_kernel, W, b, H[q0:q1], probes[q0:q1], buckets.indptr, buckets.indices,
-                k, stamps, cand, stamp0, _row_block(W.shape[1]), out_s[q0:q1], out_l[q0:q1], n_scored[q0:q1])
+        args = (W, b, row_of, H[q0:q1], probes[q0:q1], buckets.indptr, buckets.indices, k, ws.stamps,
+                ws.cand_rows, ws.cand_labels, ws.take_stamps(q1 - q0))
+        outs = (_row_block(W.shape[1]), out_s[q0:q1], out_l[q0:q1], n_scored[q0:q1])
+        if N < threads:
+            _launch(cpu.split_candidates_kernel, *args, threads, *outs)
+        else:
+            _launch(cpu.fused_candidates_kernel, *args, *outs)
     return out_s, out_l, n_scored
 
 
@@ -118,7 +139,7 @@ def _work_items(probes: np.ndarray, sizes: np.ndarray):
             item_stop[by_cost].astype(np.int64), (pair_slot // m).astype(np.int64), pair_slot.astype(np.int64))
 
 
-def _grouped(W, b, H, k, buckets, probes):
+def _grouped(W, b, row_of, H, k, buckets, probes):
     N, m = probes.shape
     out_s = np.empty((N, k), np.float32)
     out_l = np.empty((N, k), np.int64)
@@ -127,7 +148,7 @@ def _grouped(W, b, H, k, buckets, probes):
         q1 = min(N, q0 + QUERY_BLOCK)
         items = _work_items(probes[q0:q1], sizes)
         with numba.parallel_chunksize(1):
-            _launch(cpu.grouped_candidates_kernel, W, b, H[q0:q1], buckets.indptr, buckets.indices, *items,
+            _launch(cpu.grouped_candidates_kernel, W, b, row_of, H[q0:q1], buckets.indptr, buckets.indices, *items,
                     k, m, _row_block(W.shape[1]), out_s[q0:q1], out_l[q0:q1])
     n_scored = np.where(probes >= 0, sizes[np.maximum(probes, 0)], 0).sum(axis=1)
     return out_s, out_l, n_scored
@@ -142,10 +163,11 @@ def choose_path(probes: np.ndarray) -> str:
 
 
 def candidate_topk(W: np.ndarray, b: np.ndarray, H: np.ndarray, k: int, buckets: Buckets, probes,
-                   engine: str = "numba", path: str = "auto"):
+                   engine: str = "numba", path: str = "auto", packed: PackedRows | None = None):
     """Exact top-k over the union of each query's probed buckets.
 
-    probes: (N, m) bucket ids, -1 for none. Returns scores (N, k) float32, labels (N, k) int64 (padded
+    probes: (N, m) bucket ids, -1 for none; packed: the buckets' rows stored contiguously (then W and b
+    are not read). Returns scores (N, k) float32, labels (N, k) int64 (padded
     with -inf / -1 where a query has fewer than k candidates) and n_scored (N,) int64: classes scored per
     query (distinct classes on the fused path; on the grouped path a class probed twice counts twice)."""
     check_engine(engine)
@@ -153,7 +175,10 @@ def candidate_topk(W: np.ndarray, b: np.ndarray, H: np.ndarray, k: int, buckets:
         raise ValueError(f"path: expected one of {PATHS}, got {path!r}")
     probes = check_probes(probes, buckets.n_buckets, H.shape[0])
     if engine == "numpy":
-        return numpy_ref.candidate_topk(W, b, H, k, buckets, probes)
+        return numpy_ref.candidate_topk(W, b, H, k, buckets, probes, packed)
     if path == "auto":
         path = choose_path(probes)
-    return (_grouped if path == "grouped" else _fused)(W, b, H, k, buckets, probes)
+    rows = (W, b, buckets.indices) if packed is None else (packed.W, packed.b, packed.row_of)
+    if path == "grouped":
+        return _grouped(*rows, H, k, buckets, probes)
+    return _fused(*rows, W.shape[0], H, k, buckets, probes)

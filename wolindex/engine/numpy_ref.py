@@ -20,16 +20,21 @@ def exact_topk(W, b, H, k):
     return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
 
 
-def candidate_topk(W, b, H, k, buckets, probes):
-    """Top-k over the union of each query's probed buckets -> scores, labels, distinct classes scored (N,)."""
+def candidate_topk(W, b, H, k, buckets, probes, packed=None):
+    """Top-k over the union of each query's probed buckets -> scores, labels, distinct classes scored (N,).
+    With packed rows, bucket entry p is scored from packed.W[p], packed.b[p]."""
     N = H.shape[0]
     out_s = np.empty((N, k), np.float32)
     out_l = np.empty((N, k), np.int64)
     n_scored = np.empty(N, np.int64)
     for i in range(N):
-        parts = [buckets.indices[buckets.indptr[q]:buckets.indptr[q + 1]] for q in probes[i] if q >= 0]
-        cand = np.unique(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, np.int64)
-        scores = (W[cand] @ H[i] + b[cand]).astype(np.float32)
+        pos = [np.arange(buckets.indptr[q], buckets.indptr[q + 1]) for q in probes[i] if q >= 0]
+        pos = np.concatenate(pos) if pos else np.zeros(0, np.int64)
+        cand, first = np.unique(buckets.indices[pos].astype(np.int64), return_index=True)
+        if packed is None:
+            scores = (W[cand] @ H[i] + b[cand]).astype(np.float32)
+        else:
+            scores = (packed.W[pos[first]] @ H[i] + packed.b[pos[first]]).astype(np.float32)
         out_s[i], out_l[i] = _top_k_rows(scores, cand, k)
         n_scored[i] = cand.size
     return out_s, out_l, n_scored
