@@ -33,14 +33,20 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
         cli.main(["search", "x", "y", "--set", "novalue"])
 
 
-def test_demo_on_synthetic_data(monkeypatch):
-    """Without WOLINDEX_DATA the demo says it fell back to synthetic data, and exact search is exact."""
+def test_demo_on_synthetic_data(monkeypatch, tmp_path):
+    """Without real data the demo says it fell back to synthetic data; exact search is exact and the tuned
+    methods are measured beside it."""
     monkeypatch.delenv("WOLINDEX_DATA", raising=False)
+    monkeypatch.setenv("WOLINDEX_CACHE", str(tmp_path))
     lines = []
-    result = run_demo(threads=1, n_queries=300, batch_large=64, say=lines.append, synthetic_classes=3000)
-    assert "SYNTHETIC" in lines[0]
-    assert result["accuracy"]["P@1"] == 1.0 and result["accuracy"]["P@10"] == 1.0
-    assert set(result["speed"]) >= {"numpy matmul + argpartition", "wolindex exact (numba)"}
+    result = run_demo(data="synthetic", threads=1, n_queries=300, n_tune=300, batch_large=64, say=lines.append,
+                      synthetic_classes=3000, methods=["faiss-flat", "faiss-ivf"], target_p1=0.9)
+    assert any("SYNTHETIC" in line for line in lines)
+    rows = result["rows"]
+    assert rows["exact"]["P@1"] == 1.0 and rows["exact"]["P@10"] == 1.0 and rows["faiss-flat"]["P@10"] == 1.0
+    assert rows["faiss-ivf"]["P@1"] >= 0.8 and "nprobe" in rows["faiss-ivf"]["settings"]
+    assert set(rows) == {"numpy matmul + argpartition", "exact", "faiss-flat", "faiss-ivf"}
+    assert all(r["qps_b1"] > 0 and r["qps_b64"] > 0 for r in rows.values())
 
 
 def test_synthetic_is_seeded_and_zipfian():

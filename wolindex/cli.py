@@ -25,7 +25,7 @@ def _settings(pairs: list[str]) -> dict:
 def _demo(a):
     from .demo import run_demo
 
-    run_demo(data=a.data, threads=a.threads, n_queries=a.queries)
+    run_demo(data=a.data, threads=a.threads, n_queries=a.queries, methods=a.methods)
 
 
 def _build(a):
@@ -64,11 +64,13 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="wolindex", description="Fast top-k for wide output layers.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="build indexes and print accuracy / speed against exact baselines")
-    d.add_argument("--data", choices=["debian-lm-100k", "synthetic"], default=None,
-                   help="default: debian-lm-100k when WOLINDEX_DATA has it, else synthetic")
+    d = sub.add_parser("demo", help="build and tune every method, print accuracy / speed against exact search")
+    d.add_argument("--data", choices=["debian-lm-100k", "debian-cbow", "synthetic"], default=None,
+                   help="default: debian-lm-100k when WOLINDEX_DATA has it, else debian-cbow (built once when "
+                        "apt-get and gensim are there), else synthetic")
     d.add_argument("--threads", type=int, default=2)
-    d.add_argument("--queries", type=int, default=2048, help="test queries used")
+    d.add_argument("--queries", type=int, default=2048, help="held-out queries measured on")
+    d.add_argument("--methods", nargs="*", default=None, help="default: every registered method")
     d.set_defaults(run=_demo)
 
     b = sub.add_parser("build", help="build an index from a weights file")

@@ -2,6 +2,9 @@
 
 - ``debian-lm-100k``: a real word-level LM output layer (D = 100,000, d = 256) with real hidden states,
   read from the folder named by the environment variable WOLINDEX_DATA (its CARD.md describes it).
+- ``debian-cbow``: a word2vec CBOW output layer built on the spot from Debian packages (see
+  wolindex.debian_cbow), read from WOLINDEX_DATA/debian-cbow or the cache folder (WOLINDEX_CACHE, default
+  ~/.cache/wolindex), and built there on first use.
 - ``synthetic``: a seeded generator with Zipfian class frequencies and clustered hidden states."""
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 DATA_ENV = "WOLINDEX_DATA"
+CACHE_ENV = "WOLINDEX_CACHE"
 
 
 @dataclass
@@ -72,6 +76,38 @@ def debian_lm_100k() -> Dataset:
     )
 
 
+def cache_dir() -> Path:
+    """Where built data sets are kept: WOLINDEX_CACHE, else ~/.cache/wolindex."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "wolindex")
+
+
+def debian_cbow_path() -> Path | None:
+    """A built debian-cbow folder (in WOLINDEX_DATA or the cache), or None."""
+    for root in (data_dir(), cache_dir()):
+        if root is not None and (root / "debian-cbow" / "W.npy").exists():
+            return root / "debian-cbow"
+    return None
+
+
+def debian_cbow(build: bool = True, say=print) -> Dataset:
+    """The debian-cbow layer, built into the cache folder first if it is nowhere yet (a few minutes;
+    needs apt-get, dpkg-deb and gensim)."""
+    folder = debian_cbow_path()
+    if folder is None:
+        if not build:
+            raise FileNotFoundError("debian-cbow: not built yet; run python datasets/debian_cbow.py")
+        from .debian_cbow import build_debian_cbow
+
+        folder = build_debian_cbow(cache_dir() / "debian-cbow", say=say)
+    return Dataset(
+        name="debian-cbow", W=np.load(folder / "W.npy"), b=np.load(folder / "b.npy"),
+        H_train=np.load(folder / "H_train.npy", mmap_mode="r"), y_train=np.load(folder / "y_train.npy"),
+        H_test=np.load(folder / "H_test.npy", mmap_mode="r"), y_test=np.load(folder / "y_test.npy"),
+        class_counts=np.load(folder / "class_counts.npy"),
+        description="word2vec CBOW output layer over Debian text (see its CARD.md)",
+    )
+
+
 def synthetic(n_classes: int = 10_000, dim: int = 64, n_train: int = 20_000, n_test: int = 2_000,
               n_clusters: int | None = None, zipf: float = 1.1, seed: int = 0) -> Dataset:
     """A seeded output layer with the structure real ones have.
@@ -108,7 +144,7 @@ def synthetic(n_classes: int = 10_000, dim: int = 64, n_train: int = 20_000, n_t
     )
 
 
-DATASETS = {"debian-lm-100k": debian_lm_100k, "synthetic": synthetic}
+DATASETS = {"debian-lm-100k": debian_lm_100k, "debian-cbow": debian_cbow, "synthetic": synthetic}
 
 
 def load_dataset(name: str, **options) -> Dataset:

@@ -1,72 +1,115 @@
-"""The main job: build indexes on real data when it can be had (else synthetic, said plainly) and print
-their accuracy and speed against exact search and the NumPy / FAISS exact baselines, measured in one run."""
+"""The main job: on real data when it can be had (debian-lm-100k from WOLINDEX_DATA, else debian-cbow, built
+on the spot when apt-get and gensim are there), else on synthetic data, said plainly: build every method,
+tune each approximate one to P@1 >= 0.99 on held-out queries, and print accuracy and speed against exact
+search and the NumPy / FAISS exact baselines, all measured in one run."""
 from __future__ import annotations
 
 import numpy as np
 
 from . import build
-from .bench import compare_speed, faiss_flat, machine_info, numpy_topk, set_threads
-from .data import DATA_ENV, debian_lm_100k, debian_lm_100k_path, synthetic
+from .bench import compare_speed, machine_info, numpy_topk, set_threads
+from .data import DATA_ENV, debian_cbow, debian_cbow_path, debian_lm_100k, debian_lm_100k_path, synthetic
+from .methods import METHODS
 from .metrics import p_at_k, true_recall_at_k
 
 K = 10
+EXACT_BASELINES = ("exact", "faiss-flat")
 
 
 def _dataset(name: str | None, say, synthetic_classes: int):
     if name in (None, "debian-lm-100k") and debian_lm_100k_path() is not None:
-        ds = debian_lm_100k()
         say(f"data: debian-lm-100k (real LM output layer) from {DATA_ENV}={debian_lm_100k_path().parent}")
-        return ds
+        return debian_lm_100k()
     if name == "debian-lm-100k":
         raise SystemExit(f"debian-lm-100k not found: set {DATA_ENV} to the folder holding debian-lm-100k/")
-    if name is None:
-        say(f"data: SYNTHETIC (no real data: {DATA_ENV} is unset or has no debian-lm-100k/); "
-            f"numbers below are not those of a real model")
-    ds = synthetic(n_classes=synthetic_classes, dim=256, n_train=4_000, n_test=4_000)
-    if name == "synthetic":
-        say(f"data: {ds.description}")
+    if name in (None, "debian-cbow"):
+        if debian_cbow_path() is None:
+            say("data: building debian-cbow from Debian packages (once, a few minutes) ...")
+        try:
+            ds = debian_cbow(say=lambda msg: say(f"  {msg}"))
+            say(f"data: debian-cbow (real word2vec CBOW output layer) from {debian_cbow_path()}")
+            return ds
+        except (ImportError, OSError, FileNotFoundError) as err:
+            if name == "debian-cbow":
+                raise SystemExit(f"debian-cbow could not be built: {err}") from None
+            say(f"  debian-cbow could not be built here ({type(err).__name__}: {err})")
+    ds = synthetic(n_classes=synthetic_classes, dim=256, n_train=20_000, n_test=6_000)
+    why = "as asked" if name == "synthetic" else "no real data could be had here"
+    say(f"data: SYNTHETIC ({ds.description}), {why}: these numbers are not those of a real model")
     return ds
 
 
-def run_demo(data: str | None = None, threads: int = 2, n_queries: int = 2048, batch_large: int = 256,
-             say=print, synthetic_classes: int = 100_000) -> dict:
-    """Build, measure, print; returns the measured figures."""
+def _demo_methods(say) -> list[str]:
+    """Every registered method besides exact; the FAISS ones only when faiss is installed."""
+    names = [m for m in METHODS if m != "exact"]
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        say("(faiss-cpu not installed: FAISS methods skipped; pip install 'wolindex[faiss]')")
+        names = [m for m in names if not m.startswith("faiss")]
+    return names
+
+
+def run_demo(data: str | None = None, threads: int = 2, n_queries: int = 2048, n_tune: int = 1024,
+             batch_large: int = 256, target_p1: float = 0.99, methods: list[str] | None = None, say=print,
+             synthetic_classes: int = 100_000) -> dict:
+    """Build, tune, measure, print; returns the measured figures."""
     set_threads(threads)
     ds = _dataset(data, say, synthetic_classes)
     W = np.ascontiguousarray(ds.W, dtype=np.float32)
     b = np.asarray(ds.b, dtype=np.float32)
-    H = np.ascontiguousarray(ds.H_test[:n_queries], dtype=np.float32)
-    y = np.asarray(ds.y_test[:n_queries])
+    H_tune = np.ascontiguousarray(ds.H_test[:n_tune], dtype=np.float32)
+    H = np.ascontiguousarray(ds.H_test[n_tune:n_tune + n_queries], dtype=np.float32)
+    y = np.asarray(ds.y_test[n_tune:n_tune + n_queries])
     info = machine_info()
-    say(f"D={W.shape[0]:,} classes, d={W.shape[1]}, {H.shape[0]:,} test queries, k={K}; "
-        f"{threads} threads on {info['cpu']}, float32")
+    say(f"D={W.shape[0]:,} classes, d={W.shape[1]}; {n_tune:,} queries to tune on, {H.shape[0]:,} others to "
+        f"measure on; k={K}; {threads} threads on {info['cpu']}, float32")
 
-    index = build(W, b, method="exact")
     ref_s, ref_l = numpy_topk(W, b, H, K)
-    s, lab = index.search(H, K)
-    acc = {"P@1": p_at_k(lab, ref_l, 1, scores=s, exact_scores=ref_s),
-           "P@10": p_at_k(lab, ref_l, K, scores=s, exact_scores=ref_s),
-           **{f"R_true@{k}": true_recall_at_k(lab, y, k) for k in (1, 5, 10)}}
-    say("\naccuracy of wolindex exact against NumPy's full logits: "
-        + ", ".join(f"{n} {v:.4f}" for n, v in acc.items()))
-    if ds.reference:
-        say("  (data card, full softmax: " + ", ".join(f"{n} {v}" for n, v in ds.reference.items()) + ")")
+    indexes = {"exact": build(W, b, method="exact")}
+    for name in methods if methods is not None else _demo_methods(say):
+        say(f"building {name} ...")
+        index = build(W, b, method=name, train=ds.H_train, labels=ds.y_train, class_counts=ds.class_counts,
+                      verbose=False)
+        if name not in EXACT_BASELINES:
+            try:
+                index.tune(H_tune, K, target_p1=target_p1)
+            except ValueError as err:
+                say(f"  {name}: {err}; using its last (most thorough) setting")
+                index.default_search = index.search_params(**index.method.tuning_grid(K)[-1]).to_dict()
+        indexes[name] = index
 
+    rows = {}
+    for name, index in indexes.items():
+        s, lab, n_scored = index.search(H, K, return_n_scored=True)
+        rows[name] = {"settings": {k: v for k, v in index.default_search.items() if k != "engine"},
+                      "P@1": p_at_k(lab, ref_l, 1, scores=s, exact_scores=ref_s),
+                      "P@10": p_at_k(lab, ref_l, K, scores=s, exact_scores=ref_s),
+                      "R_true@1": true_recall_at_k(lab, y, 1), "candidates": float(np.mean(n_scored))}
     runners = {"numpy matmul + argpartition": lambda Hb: numpy_topk(W, b, Hb, K)}
-    try:
-        runners["faiss IndexFlatIP"] = (lambda f: (lambda Hb: f(Hb, K)))(faiss_flat(W, b))
-    except ImportError:
-        say("(faiss-cpu not installed: the FAISS baseline is skipped; pip install wolindex[faiss])")
-    runners["wolindex exact (numba)"] = lambda Hb: index.search(Hb, K)
-
-    say("\nspeed: queries/s, median over distinct batches after warm-up; x = speedup over NumPy")
-    say(f"  {'method':32s} {'batch 1':>10s} {'x':>6s} {f'batch {batch_large}':>11s} {'x':>6s}")
+    runners.update({name: (lambda ix: (lambda Hb: ix.search(Hb, K)))(ix) for name, ix in indexes.items()})
+    say("timing ...")
     small = compare_speed(runners, H, 1, 100)
     large = compare_speed(runners, H, batch_large, 5, warmup=1)
-    results = {name: {"batch1_qps": small[name]["qps"], f"batch{batch_large}_qps": large[name]["qps"]}
-               for name in runners}
-    base = results["numpy matmul + argpartition"]
-    for name, r in results.items():
-        say(f"  {name:32s} {r['batch1_qps']:10.1f} {r['batch1_qps'] / base['batch1_qps']:6.2f}"
-            f" {r[f'batch{batch_large}_qps']:11.1f} {r[f'batch{batch_large}_qps'] / base[f'batch{batch_large}_qps']:6.2f}")
-    return {"dataset": ds.name, "accuracy": acc, "speed": results, "machine": info}
+    rows["numpy matmul + argpartition"] = {"settings": {}, "P@1": 1.0, "P@10": 1.0,
+                                           "R_true@1": true_recall_at_k(ref_l, y, 1), "candidates": W.shape[0]}
+    for name in rows:
+        rows[name]["qps_b1"] = small[name]["qps"]
+        rows[name][f"qps_b{batch_large}"] = large[name]["qps"]
+
+    say(f"\naccuracy on {H.shape[0]:,} held-out queries (P@k against exact top-k, tie-aware; R_true@1 = true label "
+        f"first); approximate methods tuned to P@1 >= {target_p1} on the other {n_tune:,}; speed = queries/s, "
+        f"median over distinct batches after warm-up, x = speedup over wolindex exact in the same run")
+    say(f"{'method':28s} {'settings':28s} {'P@1':>6s} {'P@10':>6s} {'R@1':>6s} {'classes':>8s} "
+        f"{'b=1 q/s':>9s} {'x':>6s} {f'b={batch_large} q/s':>10s} {'x':>6s}")
+    e1, eL = rows["exact"]["qps_b1"], rows["exact"][f"qps_b{batch_large}"]
+    for name, r in rows.items():
+        settings = ",".join(f"{k}={v}" for k, v in r["settings"].items())
+        say(f"{name:28s} {settings:28s} {r['P@1']:6.3f} {r['P@10']:6.3f} {r['R_true@1']:6.3f} {r['candidates']:8.0f} "
+            f"{r['qps_b1']:9.1f} {r['qps_b1'] / e1:6.2f} {r[f'qps_b{batch_large}']:10.1f} "
+            f"{r[f'qps_b{batch_large}'] / eL:6.2f}")
+    if ds.reference:
+        say("(data card, full softmax on the whole split: " + ", ".join(f"{n} {v}" for n, v in ds.reference.items())
+            + ")")
+    return {"dataset": ds.name, "rows": rows, "machine": info}
+

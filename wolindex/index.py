@@ -53,6 +53,14 @@ class Index:
         scores, labels, n_scored = self.method.search(self.layer, Q, k, self.search_params(**settings))
         return (scores, labels, n_scored) if return_n_scored else (scores, labels)
 
+    def tune(self, H_val, k: int = 10, **options: Any) -> dict[str, Any]:
+        """Make the cheapest search setting that meets a target on held-out queries the default:
+        ``index.tune(H_val, target_p1=0.99)`` or ``index.tune(H_val, target_recall=0.30, labels=y_val)``.
+        See wolindex.tune.tune for the options; the report is returned and kept in stats()."""
+        from .tune import tune
+
+        return tune(self, H_val, k, **options)
+
     def save(self, path) -> None:
         """Write the index to a folder, or to a single uncompressed zip when path ends in .zip or .wol."""
         from .io import save_index

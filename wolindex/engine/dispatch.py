@@ -182,3 +182,17 @@ def candidate_topk(W: np.ndarray, b: np.ndarray, H: np.ndarray, k: int, buckets:
     if path == "grouped":
         return _grouped(*rows, H, k, buckets, probes)
     return _fused(*rows, W.shape[0], H, k, buckets, probes)
+
+
+def rescore_topk(W: np.ndarray, b: np.ndarray, H: np.ndarray, k: int, candidates: np.ndarray,
+                 engine: str = "numba"):
+    """Exact top-k over each query's own candidate list (from FAISS, say).
+
+    candidates: (N, c) class ids, -1 for none, repeats allowed. Returns scores (N, k), labels (N, k)
+    and n_scored (N,) like candidate_topk."""
+    valid = candidates >= 0
+    indptr = np.zeros(candidates.shape[0] + 1, np.int64)
+    np.cumsum(valid.sum(axis=1), out=indptr[1:])
+    buckets = Buckets(indptr, candidates[valid].astype(np.int32))
+    probes = np.arange(candidates.shape[0], dtype=np.int32)[:, None]
+    return candidate_topk(W, b, H, k, buckets, probes, engine=engine, path="fused")

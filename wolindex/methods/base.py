@@ -37,6 +37,10 @@ class Method:
         """H (N, d) float32 -> scores (N, k) float32, labels (N, k) int64, n_scored (N,) int64."""
         raise NotImplementedError
 
+    def tuning_grid(self, k: int) -> list[dict[str, Any]]:
+        """Search settings Index.tune tries, as dicts of overrides (methods without settings: one, empty)."""
+        return [{}]
+
     def nbytes(self) -> int:
         """Bytes of the method's own arrays (the layer not included)."""
         return int(sum(a.nbytes for a in self.arrays.values()))

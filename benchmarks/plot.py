@@ -1,0 +1,59 @@
+"""Pareto plots of a benchmark result file: P@1 against speedup over exact, and R_true@1 against queries/s,
+at batch 1 and batch 256; one colour per method, its front drawn as a line.
+
+    python benchmarks/plot.py benchmarks/results/quick-debian-lm-100k-*.json   # writes a .png beside it
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from pareto import pareto_front  # noqa: E402
+
+PANELS = [("P@1", "speedup_b1", "P@1 (agreement with exact top-1)", "speedup over exact, batch 1"),
+          ("P@1", "speedup_b256", "P@1 (agreement with exact top-1)", "speedup over exact, batch 256"),
+          ("R_true@1", "qps_b1", "R_true@1 (true next word at rank 1)", "queries/s, batch 1"),
+          ("R_true@1", "qps_b256", "R_true@1 (true next word at rank 1)", "queries/s, batch 256")]
+
+
+def plot(result: dict, out: Path) -> None:
+    methods = list(dict.fromkeys(r["method"] for r in result["rows"]))
+    fig, axes = plt.subplots(2, 2, figsize=(12, 9))
+    for ax, (acc, speed, xlabel, ylabel) in zip(axes.flat, PANELS):
+        for i, method in enumerate(methods):
+            rows = [r for r in result["rows"] if r["method"] == method]
+            colour = f"C{i}"
+            ax.scatter([r[acc] for r in rows], [r[speed] for r in rows], color=colour, s=14, alpha=0.6)
+            front = pareto_front(rows, acc, speed)
+            ax.plot([r[acc] for r in front], [r[speed] for r in front], "-o", color=colour, ms=4, label=method)
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0, 0].legend(loc="best")
+    m = result["machine"]
+    fig.suptitle(f"{result['dataset']} (D={result['n_classes']:,}, d={result['dim']}), {result['n_test']:,} queries, "
+                 f"k={result['k']}, {result['threads']} threads, {m['cpu']}, {result['dtype']}")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("results", type=Path, nargs="+")
+    a = ap.parse_args(argv)
+    for path in a.results:
+        out = path.with_suffix(".png")
+        plot(json.loads(path.read_text()), out)
+        print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

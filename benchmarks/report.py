@@ -1,0 +1,68 @@
+"""Markdown tables from benchmark result files, optionally spliced into the README between the markers
+<!-- results:NAME --> and <!-- /results:NAME --> (NAME = the result file's stem without its date).
+
+    python benchmarks/report.py benchmarks/results/quick-debian-lm-100k-*.json --readme README.md
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from pareto import best_speedup
+
+
+def table(result: dict, source: str) -> str:
+    m, t = result["machine"], result["timing"]
+    k = result["k"]
+    lines = [
+        f"{result['dataset']} (D={result['n_classes']:,}, d={result['dim']}), {result['n_test']:,} test queries, "
+        f"k={k}, {result['threads']} threads, {m['cpu']}, {result['dtype']}; queries/s = median per call over "
+        f"{t['batch1_calls']} single queries / {t['batch256_calls']} batches of 256 after warm-up, interleaved with "
+        f"exact; from `{source}`.", "",
+        f"| method | settings | P@1 | P@{k} | R_true@1 | R_true@10 | classes scored | batch 1 q/s | x exact | "
+        f"batch 256 q/s | x exact | build s | bytes / W |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        settings = ", ".join(f"{a}={b}" for a, b in r["search"].items()) or "-"
+        lines.append(f"| {r['method']} | {settings} | {r['P@1']:.4f} | {r[f'P@{k}']:.4f} | {r['R_true@1']:.4f} | "
+                     f"{r.get('R_true@10', float('nan')):.4f} | {r['candidates']:,.0f} | {r['qps_b1']:,.0f} | "
+                     f"{r['speedup_b1']:.2f} | {r['qps_b256']:,.0f} | {r['speedup_b256']:.2f} | {r['build_s']:.1f} | "
+                     f"{r['index_over_W']:.2f} |")
+    lines += ["", "Best speedup at P@1 >= 0.99:", ""]
+    for method in dict.fromkeys(r["method"] for r in result["rows"]):
+        rows = [r for r in result["rows"] if r["method"] == method]
+        parts = []
+        for batch in (1, 256):
+            best = best_speedup(rows, "P@1", 0.99, f"speedup_b{batch}")
+            parts.append(f"batch {batch}: " + (f"x{best[f'speedup_b{batch}']:.2f} ({', '.join(f'{a}={b}' for a, b in best['search'].items()) or '-'})"
+                                                if best else "not reached"))
+        lines.append(f"- {method}: " + "; ".join(parts))
+    return "\n".join(lines) + "\n"
+
+
+def splice(readme: Path, name: str, text: str) -> None:
+    """Replace what lies between the README's markers for `name` (which must exist) with `text`."""
+    content = readme.read_text()
+    pattern = re.compile(rf"(<!-- results:{re.escape(name)} -->\n).*?(<!-- /results:{re.escape(name)} -->)", re.S)
+    if not pattern.search(content):
+        raise SystemExit(f"{readme}: no <!-- results:{name} --> ... <!-- /results:{name} --> markers")
+    readme.write_text(pattern.sub(lambda m: m.group(1) + text + m.group(2), content))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("results", type=Path, nargs="+")
+    ap.add_argument("--readme", type=Path, default=None)
+    a = ap.parse_args(argv)
+    for path in a.results:
+        result = json.loads(path.read_text())
+        text = table(result, f"benchmarks/results/{path.name}")
+        print(text)
+        if a.readme:
+            splice(a.readme, f"{result['config']}-{result['dataset']}", text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Auto-tuning: the cheapest search setting that meets an accuracy target on held-out queries."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .arrays import as_labels, as_queries, check_k
+from .bench import compare_speed
+from .engine import exact_topk
+from .metrics import p_at_k, true_recall_at_k
+
+
+def tune(index, H_val, k: int = 10, *, target_p1: float | None = None, target_recall: float | None = None,
+         labels=None, recall_k: int = 1, grid: list[dict[str, Any]] | None = None, batch: int = 256,
+         n_batches: int = 4) -> dict[str, Any]:
+    """Try each setting of `grid` (default: the method's tuning_grid) on H_val (N, d); among those whose
+    P@1 against exact search reaches target_p1 (or whose R_true@recall_k on `labels` reaches
+    target_recall), keep the fastest, measured at `batch` queries per call, as the index's default search.
+
+    Returns the report also stored in index.info["tuned"]; raises ValueError naming the best accuracy
+    reached when no setting meets the target."""
+    if (target_p1 is None) == (target_recall is None):
+        raise ValueError("target_p1 / target_recall: give exactly one")
+    target = target_p1 if target_p1 is not None else target_recall
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"target: expected a fraction in (0, 1], got {target}")
+    Q = as_queries(H_val, index.dim, "H_val")
+    k = check_k(k, index.n_classes)
+    if target_recall is not None:
+        if labels is None:
+            raise ValueError("labels: target_recall needs the true labels of H_val")
+        y = as_labels(labels, Q.shape[0], index.n_classes)
+        check_k(recall_k, k)
+        metric_name = f"R_true@{recall_k}"
+
+        def accuracy(lab):
+            return true_recall_at_k(lab, y, recall_k)
+    else:
+        _, exact_labels = exact_topk(index.layer.W, index.layer.b, Q, 1)
+        metric_name = "P@1"
+
+        def accuracy(lab):
+            return p_at_k(lab, exact_labels, 1)
+
+    grid = grid if grid is not None else index.method.tuning_grid(k)
+    tried = []
+    for settings in grid:
+        _, lab, n_scored = index.search(Q, k, return_n_scored=True, **settings)
+        tried.append({"settings": settings, metric_name: accuracy(lab), "candidates": float(np.mean(n_scored))})
+    meeting = [t for t in tried if t[metric_name] >= target]
+    if not meeting:
+        best = max(tried, key=lambda t: t[metric_name])
+        raise ValueError(f"target: no setting reaches {metric_name} >= {target}; the best is "
+                         f"{best[metric_name]:.4f} with {best['settings']}")
+    batch = min(batch, Q.shape[0])
+    runners = {str(i): (lambda s: (lambda Hb: index.search(Hb, k, **s)))(t["settings"]) for i, t in enumerate(meeting)}
+    speed = compare_speed(runners, Q, batch, n_batches, rounds=min(n_batches, 2), warmup=1)
+    for i, t in enumerate(meeting):
+        t[f"qps_batch{batch}"] = speed[str(i)]["qps"]
+    chosen = max(meeting, key=lambda t: t[f"qps_batch{batch}"])
+    index.default_search = index.search_params(**chosen["settings"]).to_dict()
+    report = {"metric": metric_name, "target": target, "k": k, "n_queries": Q.shape[0], "batch": batch,
+              "chosen": chosen, "tried": tried}
+    index.info["tuned"] = report
+    return report
