@@ -23,11 +23,11 @@ PANELS = [("P@1", "speedup_b1", "P@1 (agreement with exact top-1)", "speedup ove
 
 
 def plot(result: dict, out: Path) -> None:
-    methods = list(dict.fromkeys(r["method"] for r in result["rows"]))
+    methods = list(dict.fromkeys(r["label"] for r in result["rows"]))
     fig, axes = plt.subplots(2, 2, figsize=(12, 9))
     for ax, (acc, speed, xlabel, ylabel) in zip(axes.flat, PANELS):
         for i, method in enumerate(methods):
-            rows = [r for r in result["rows"] if r["method"] == method]
+            rows = [r for r in result["rows"] if r["label"] == method]
             colour = f"C{i}"
             ax.scatter([r[acc] for r in rows], [r[speed] for r in rows], color=colour, s=14, alpha=0.6)
             front = pareto_front(rows, acc, speed)

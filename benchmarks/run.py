@@ -75,7 +75,8 @@ def run_dataset(cfg: dict, entry: dict, say) -> dict | None:
         points = sweep_points(spec.get("sweep"))
         method_rows = []
         for settings in tqdm(points, desc=f"{ds.name} {name}", leave=False):
-            method_rows.append({"method": name, "build": spec.get("build", {}), "search": settings,
+            method_rows.append({"method": name, "label": spec.get("label", name), "build": spec.get("build", {}),
+                                "search": settings,
                                 "build_s": build_s, "index_bytes": index.nbytes(),
                                 "index_over_W": index.nbytes() / W.nbytes,
                                 **accuracy(index, H, y, k, exact_labels, settings)})
@@ -89,7 +90,7 @@ def run_dataset(cfg: dict, entry: dict, say) -> dict | None:
                 row[f"exact_qps_b{batch}"] = speed["exact"]["qps"]
                 row[f"speedup_b{batch}"] = speed[i]["qps"] / speed["exact"]["qps"]
         for row in method_rows:
-            say(f"  {name:12s} {json.dumps(row['search']):34s} P@1 {row['P@1']:.4f}  R@1 {row['R_true@1']:.4f}  "
+            say(f"  {row['label']:16s} {json.dumps(row['search']):34s} P@1 {row['P@1']:.4f}  R@1 {row['R_true@1']:.4f}  "
                 f"cand {row['candidates']:9.1f}  x{row['speedup_b1']:6.2f} (b1)  x{row['speedup_b256']:6.2f} (b256)")
         rows.extend(method_rows)
     return {"config": cfg["name"], "dataset": ds.name, "description": ds.description, "n_classes": W.shape[0],

@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
                         "apt-get and gensim are there), else synthetic")
     d.add_argument("--threads", type=int, default=2)
     d.add_argument("--queries", type=int, default=2048, help="held-out queries measured on")
-    d.add_argument("--methods", nargs="*", default=None, help="default: every registered method")
+    d.add_argument("--methods", nargs="*", default=None,
+                   help="methods to build besides exact (default: the FAISS baselines)")
     d.set_defaults(run=_demo)
 
     b = sub.add_parser("build", help="build an index from a weights file")

@@ -4,8 +4,10 @@ of four Debian packages, with held-out context windows as queries.
 Steps: `apt-get download` dict-gcide, wordnet-base, linux-doc-6.1 and python3.11-doc; extract their text
 (the GCIDE dictionary, WordNet glosses, the kernel's .rst documentation, Python's .rst sources); lower-case
 and tokenize with ``[a-z0-9]+(?:'[a-z]+)?``; cut the token stream into 10,000-token chunks assigned at random
-(seed 0) to train (95 %) and test (5 %); train gensim's CBOW (128-d, window 5, 5 negatives, single worker
-and a fixed hash, so the result is deterministic) on the train chunks.
+(seed 0) to train (95 %) and test (5 %); train gensim's CBOW (128-d, window 5, 5 negatives, words seen at
+least twice, single worker and a fixed hash, so the result is deterministic) on the train chunks, without
+frequent-word subsampling: subsampling would change which (context, word) pairs the model fits and break
+the negative-sampling-to-softmax identity below.
 
 The output layer is the negative-sampling output matrix ``syn1neg`` with the bias
 ``0.75 log count_c - log sum_c' count_c'^0.75 + log(negatives)``: at the optimum of negative sampling
@@ -28,7 +30,7 @@ import numpy as np
 PACKAGES = ("dict-gcide", "wordnet-base", "linux-doc-6.1", "python3.11-doc")
 TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 CHUNK = 10_000
-DIM, WINDOW, NEGATIVE, MIN_COUNT, EPOCHS = 128, 5, 5, 5, 5
+DIM, WINDOW, NEGATIVE, MIN_COUNT, EPOCHS = 128, 5, 5, 2, 5
 
 
 def _download_and_extract(workdir: Path, say) -> Path:
@@ -100,7 +102,7 @@ def build_debian_cbow(out: Path, n_train_queries: int = 200_000, n_test_queries:
     test = [c for c, t in zip(chunks, is_test) if t]
     say(f"{len(tokens):,} tokens, {len(train)} train / {len(test)} test chunks; training CBOW ({EPOCHS} epochs)")
     model = Word2Vec(sentences=train, vector_size=DIM, window=WINDOW, negative=NEGATIVE, sg=0, cbow_mean=1,
-                     min_count=MIN_COUNT, workers=1, epochs=EPOCHS, seed=0, hashfxn=_stable_hash)
+                     min_count=MIN_COUNT, sample=0, workers=1, epochs=EPOCHS, seed=0, hashfxn=_stable_hash)
     vocab = list(model.wv.index_to_key)
     index_of = model.wv.key_to_index
     counts = np.array([model.wv.get_vecattr(w, "count") for w in vocab], np.int64)
@@ -149,6 +151,6 @@ Built by `wolindex.debian_cbow.build_debian_cbow` (see its docstring for every s
 | `vocab.json` | list of str | word of each class id |
 
 Corpus: {", ".join(PACKAGES)} ({n_tokens:,} tokens), 10,000-token chunks, 5 % held out (seed 0).
-Training: gensim CBOW, d={DIM}, window {WINDOW}, {NEGATIVE} negatives, min count {MIN_COUNT}, {EPOCHS} epochs,
-one worker. Full-softmax true-label recall@1 on H_test: {recall1:.4f}.
+Training: gensim CBOW, d={DIM}, window {WINDOW}, {NEGATIVE} negatives, min count {MIN_COUNT}, no subsampling,
+{EPOCHS} epochs, one worker. Full-softmax true-label recall@1 on H_test: {recall1:.4f}.
 """

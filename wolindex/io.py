@@ -254,7 +254,7 @@ def load_index(path, mmap: bool = False, verify: bool = True) -> Index:
             raise ValueError(f"path: {path}: checksum mismatch in {entry['file']} (file damaged or altered)")
         arrays[name] = _read_array(where, offset, length, entry, mmap, name)
     layer = _layer_of(arrays, meta, path)
-    method = method_cls.restore({n[len("method."):]: a for n, a in arrays.items() if n.startswith("method.")},
+    method = method_cls.restore(layer, {n[len("method."):]: a for n, a in arrays.items() if n.startswith("method.")},
                                 meta["method_state"])
     build_params = method_cls.Build.from_dict(meta["build_params"])
     return Index(layer, method, build_params, meta["default_search"], meta["info"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .arrays import as_labels, as_queries, check_k
 from .bench import compare_speed
@@ -13,7 +14,7 @@ from .metrics import p_at_k, true_recall_at_k
 
 def tune(index, H_val, k: int = 10, *, target_p1: float | None = None, target_recall: float | None = None,
          labels=None, recall_k: int = 1, grid: list[dict[str, Any]] | None = None, batch: int = 256,
-         n_batches: int = 4) -> dict[str, Any]:
+         n_batches: int = 4, verbose: bool = True) -> dict[str, Any]:
     """Try each setting of `grid` (default: the method's tuning_grid) on H_val (N, d); among those whose
     P@1 against exact search reaches target_p1 (or whose R_true@recall_k on `labels` reaches
     target_recall), keep the fastest, measured at `batch` queries per call, as the index's default search.
@@ -45,7 +46,7 @@ def tune(index, H_val, k: int = 10, *, target_p1: float | None = None, target_re
 
     grid = grid if grid is not None else index.method.tuning_grid(k)
     tried = []
-    for settings in grid:
+    for settings in tqdm(grid, desc=f"tune {index.method_name}", disable=not verbose, leave=False):
         _, lab, n_scored = index.search(Q, k, return_n_scored=True, **settings)
         tried.append({"settings": settings, metric_name: accuracy(lab), "candidates": float(np.mean(n_scored))})
     meeting = [t for t in tried if t[metric_name] >= target]

@@ -30,7 +30,8 @@ class Method:
         raise NotImplementedError
 
     @classmethod
-    def restore(cls, arrays: dict[str, np.ndarray], state: dict[str, Any]) -> "Method":
+    def restore(cls, layer: OutputLayer, arrays: dict[str, np.ndarray], state: dict[str, Any]) -> "Method":
+        """The built method from its saved arrays and state (and the layer it indexes)."""
         return cls(arrays, state)
 
     def search(self, layer: OutputLayer, H: np.ndarray, k: int, params: SearchParams):
