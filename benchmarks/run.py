@@ -14,6 +14,7 @@ import argparse
 import itertools
 import json
 import time
+from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -81,16 +82,17 @@ def run_dataset(cfg: dict, entry: dict, say) -> dict | None:
                                 "index_over_W": index.nbytes() / W.nbytes,
                                 **accuracy(index, H, y, k, exact_labels, settings)})
         for batch, calls in zip(BATCHES, (timing["batch1_calls"], timing["batch256_calls"])):
-            runners = {"exact": lambda Hb: exact.search(Hb, k)}
+            runners = {"exact": partial(exact.search, k=k)}
             for i, settings in enumerate(points):
-                runners[i] = (lambda s: (lambda Hb: index.search(Hb, k, **s)))(settings)
+                runners[i] = partial(index.search, k=k, **settings)
             speed = compare_speed(runners, H, batch, calls, warmup=1 if batch > 1 else 3)
             for i, row in enumerate(method_rows):
                 row[f"qps_b{batch}"] = speed[i]["qps"]
                 row[f"exact_qps_b{batch}"] = speed["exact"]["qps"]
                 row[f"speedup_b{batch}"] = speed[i]["qps"] / speed["exact"]["qps"]
         for row in method_rows:
-            say(f"  {row['label']:16s} {json.dumps(row['search']):34s} P@1 {row['P@1']:.4f}  R@1 {row['R_true@1']:.4f}  "
+            say(f"  {row['label']:16s} {json.dumps(row['search']):34s} P@1 {row['P@1']:.4f}  "
+                f"R@1 {row['R_true@1']:.4f}  "
                 f"cand {row['candidates']:9.1f}  x{row['speedup_b1']:6.2f} (b1)  x{row['speedup_b256']:6.2f} (b256)")
         rows.extend(method_rows)
     return {"config": cfg["name"], "dataset": ds.name, "description": ds.description, "n_classes": W.shape[0],

@@ -25,7 +25,7 @@ def _settings(pairs: list[str]) -> dict:
 def _demo(a):
     from .demo import run_demo
 
-    run_demo(data=a.data, threads=a.threads, n_queries=a.queries, methods=a.methods)
+    run_demo(data=a.data, threads=a.threads, n_queries=a.queries, methods=a.methods, target_p1=a.target_p1)
 
 
 def _build(a):
@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
                         "apt-get and gensim are there), else synthetic")
     d.add_argument("--threads", type=int, default=2)
     d.add_argument("--queries", type=int, default=2048, help="held-out queries measured on")
+    d.add_argument("--target-p1", type=float, default=0.95, help="P@1 each approximate method is tuned to")
     d.add_argument("--methods", nargs="*", default=None,
                    help="methods to build besides exact (default: the FAISS baselines)")
     d.set_defaults(run=_demo)

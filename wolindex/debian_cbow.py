@@ -143,10 +143,10 @@ Built by `wolindex.debian_cbow.build_debian_cbow` (see its docstring for every s
 
 | file | shape / dtype | what |
 |---|---|---|
-| `W.npy` | ({shape[0]}, {shape[1]}) float32 | CBOW negative-sampling output vectors (syn1neg), class id = frequency rank |
+| `W.npy` | ({shape[0]}, {shape[1]}) float32 | CBOW output vectors (syn1neg); class id = frequency rank |
 | `b.npy` | ({shape[0]},) float32 | 0.75 log count - log sum count^0.75 + log 5: turns scores into softmax logits |
 | `class_counts.npy` | ({shape[0]},) int64 | training counts |
-| `H_train.npy`, `y_train.npy` | ({n_train}, {shape[1]}) float16, int32 | CBOW hidden states of train windows, centre words |
+| `H_train.npy`, `y_train.npy` | ({n_train}, {shape[1]}) float16, int32 | CBOW states of train windows, centre words |
 | `H_test.npy`, `y_test.npy` | ({n_test}, {shape[1]}) float16, int32 | the same from held-out chunks |
 | `vocab.json` | list of str | word of each class id |
 

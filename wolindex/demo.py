@@ -1,8 +1,11 @@
 """The main job: on real data when it can be had (debian-lm-100k from WOLINDEX_DATA, else debian-cbow, built
 on the spot when apt-get and gensim are there), else on synthetic data, said plainly: build every method,
-tune each approximate one to P@1 >= 0.99 on held-out queries, and print accuracy and speed against exact
-search and the NumPy / FAISS exact baselines, all measured in one run."""
+tune each approximate one to a P@1 target (0.95 by default; none of the FAISS baselines reaches 0.99 on
+debian-lm-100k) on held-out queries, and print accuracy and speed against exact search and the NumPy / FAISS
+exact baselines, all measured in one run."""
 from __future__ import annotations
+
+from functools import partial
 
 import numpy as np
 
@@ -53,7 +56,7 @@ def _demo_methods(say) -> list[str]:
 
 
 def run_demo(data: str | None = None, threads: int = 2, n_queries: int = 2048, n_tune: int = 1024,
-             batch_large: int = 256, target_p1: float = 0.99, methods: list[str] | None = None, say=print,
+             batch_large: int = 256, target_p1: float = 0.95, methods: list[str] | None = None, say=print,
              synthetic_classes: int = 100_000) -> dict:
     """Build, tune, measure, print; returns the measured figures."""
     set_threads(threads)
@@ -89,7 +92,7 @@ def run_demo(data: str | None = None, threads: int = 2, n_queries: int = 2048, n
                       "P@10": p_at_k(lab, ref_l, K, scores=s, exact_scores=ref_s),
                       "R_true@1": true_recall_at_k(lab, y, 1), "candidates": float(np.mean(n_scored))}
     runners = {"numpy matmul + argpartition": lambda Hb: numpy_topk(W, b, Hb, K)}
-    runners.update({name: (lambda ix: (lambda Hb: ix.search(Hb, K)))(ix) for name, ix in indexes.items()})
+    runners.update({name: partial(ix.search, k=K) for name, ix in indexes.items()})
     say("timing ...")
     small = compare_speed(runners, H, 1, 100)
     large = compare_speed(runners, H, batch_large, 5, warmup=1)

@@ -1,6 +1,7 @@
 """Auto-tuning: the cheapest search setting that meets an accuracy target on held-out queries."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -55,7 +56,7 @@ def tune(index, H_val, k: int = 10, *, target_p1: float | None = None, target_re
         raise ValueError(f"target: no setting reaches {metric_name} >= {target}; the best is "
                          f"{best[metric_name]:.4f} with {best['settings']}")
     batch = min(batch, Q.shape[0])
-    runners = {str(i): (lambda s: (lambda Hb: index.search(Hb, k, **s)))(t["settings"]) for i, t in enumerate(meeting)}
+    runners = {str(i): partial(index.search, k=k, **t["settings"]) for i, t in enumerate(meeting)}
     speed = compare_speed(runners, Q, batch, n_batches, rounds=min(n_batches, 2), warmup=1)
     for i, t in enumerate(meeting):
         t[f"qps_batch{batch}"] = speed[str(i)]["qps"]

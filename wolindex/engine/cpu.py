@@ -131,11 +131,11 @@ def exact_topk_kernel(W, b, H, k, n_chunks, row_block, out_s, out_l):
         _score_block(W, b, all_rows[lo:hi], all_rows[lo:hi], H, qsel, hs[c], hl[c], qsel, row_block)
     for i in prange(N):
         s = hs[0, i]
-        l = hl[0, i]
+        lab = hl[0, i]
         for c in range(1, n_chunks):
             for t in range(k):
-                offer(s, l, hs[c, i, t], hl[c, i, t])
-        write_sorted(s, l, out_s[i], out_l[i])
+                offer(s, lab, hs[c, i, t], hl[c, i, t])
+        write_sorted(s, lab, out_s[i], out_l[i])
 
 
 @njit(inline="always")
@@ -228,8 +228,8 @@ def grouped_candidates_kernel(W, b, row_of, H, indptr, indices, item_bucket, ite
         _score_block(W, b, row_of[lo:hi], indices[lo:hi], H, pair_query[a:z], hs, hl, pair_slot[a:z], row_block)
     for i in prange(N):
         s = hs[i * m]
-        l = hl[i * m]
+        lab = hl[i * m]
         for j in range(1, m):
             for t in range(k):
-                offer_unique(s, l, hs[i * m + j, t], hl[i * m + j, t])
-        write_sorted(s, l, out_s[i], out_l[i])
+                offer_unique(s, lab, hs[i * m + j, t], hl[i * m + j, t])
+        write_sorted(s, lab, out_s[i], out_l[i])

@@ -1,0 +1,108 @@
+"""DS-Softmax: planted structure recovered, probing everything is exact, save / load, tuning, settings."""
+import numpy as np
+import pytest
+
+import wolindex
+from wolindex.metrics import p_at_k
+from conftest import assert_topk_matches
+
+N_GROUPS, PER_GROUP, DIM = 8, 250, 32
+
+
+def planted(seed=0, n_queries=6000):
+    """Classes in N_GROUPS groups with their own centre; each query comes from one group, so its exact top-k
+    lies in that group."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((N_GROUPS, DIM)).astype(np.float32) * 2.0
+    group = np.repeat(np.arange(N_GROUPS), PER_GROUP)
+    W = (centres[group] + 0.6 * rng.standard_normal((group.size, DIM))).astype(np.float32)
+    b = (0.1 * rng.standard_normal(group.size)).astype(np.float32)
+    q_group = rng.integers(0, N_GROUPS, n_queries)
+    H = (centres[q_group] + 0.8 * rng.standard_normal((n_queries, DIM))).astype(np.float32)
+    return W, b, H, group, q_group
+
+
+W, B, H, GROUP, QUERY_GROUP = planted()
+H_TRAIN, H_TUNE, H_TEST = H[:4000], H[4000:5000], H[5000:]
+SMALL = dict(n_experts=16, start_experts=2, epochs_per_stage=2.0, final_epochs=2.0, batch_size=256, lasso=0.01,
+             keep_adapted=True, verbose=False)
+EXACT_L = wolindex.build(W, B).search(H_TEST, 10)[1]
+LOGITS = H_TEST.astype(np.float64) @ W.T.astype(np.float64) + B
+
+
+@pytest.fixture(scope="module")
+def index():
+    return wolindex.build(W, B, method="ds", train=H_TRAIN, **SMALL)
+
+
+def test_experts_recover_the_planted_groups(index):
+    """The gate sends each group's queries to experts serving that group alone (routing purity), and those
+    experts' small class subsets hold the group's exact top classes: one expert per query finds the top-1."""
+    route = index.method.gate.route(H_TEST, 1)[:, 0]
+    q_group = QUERY_GROUP[5000:]
+    busy = [e for e in range(16) if (route == e).sum() >= 20]
+    routing_purity = [np.bincount(q_group[route == e], minlength=N_GROUPS).max() / (route == e).sum() for e in busy]
+    assert np.mean(routing_purity) >= 0.9, routing_purity           # observed 0.95 to 1.00
+    _, labels = index.search(H_TEST, 10, n_probe=1)
+    assert p_at_k(labels, EXACT_L, 1) >= 0.97                        # observed 0.996
+    assert p_at_k(labels, EXACT_L, 10) >= 0.9                        # observed 0.969
+    assert index.stats(H_TEST)["candidates_fraction"] < 0.2          # observed 0.09
+
+
+def test_every_class_kept_somewhere(index):
+    assert np.unique(index.method.buckets.indices).size == W.shape[0]
+
+
+def test_probing_all_experts_is_exact(index):
+    for path in ("fused", "grouped"):
+        scores, labels = index.search(H_TEST, 10, n_probe=16, path=path)
+        assert_topk_matches(scores, labels, LOGITS, 10)
+
+
+def test_recall_does_not_fall_with_more_experts(index):
+    recalls = [p_at_k(index.search(H_TEST, 10, n_probe=m)[1], EXACT_L, 10) for m in range(1, 17)]
+    assert all(b >= a for a, b in zip(recalls, recalls[1:])), recalls
+
+
+def test_adapted_scoring_matches_the_reference(index):
+    """scoring='adapted' ranks the routed experts' classes by the experts' own trained rows."""
+    scores, labels = index.search(H_TEST, 5, scoring="adapted")
+    ref_scores, ref_labels = index.search(H_TEST, 5, scoring="adapted", engine="numpy")
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-4)
+    assert np.all(labels >= 0) and np.all(np.diff(scores, axis=1) <= 0)
+    assert np.mean(labels == ref_labels) > 0.99
+
+
+def test_save_load_identical(index, tmp_path):
+    index.save(tmp_path / "ds.wol")
+    loaded = wolindex.load(tmp_path / "ds.wol")
+    for settings in ({}, {"n_probe": 3}, {"scoring": "adapted"}):
+        for a, c in zip(index.search(H_TEST, 7, return_n_scored=True, **settings),
+                        loaded.search(H_TEST, 7, return_n_scored=True, **settings)):
+            np.testing.assert_array_equal(a, c)
+
+
+def test_deterministic_for_a_seed(index):
+    again = wolindex.build(W, B, method="ds", train=H_TRAIN, **SMALL)
+    np.testing.assert_array_equal(again.method.buckets.indices, index.method.buckets.indices)
+    np.testing.assert_array_equal(again.method.arrays["gate.U"], index.method.arrays["gate.U"])
+
+
+def test_tuned_default_meets_target_on_held_out_queries(index):
+    index.tune(H_TUNE, target_p1=0.99, verbose=False)
+    _, labels = index.search(H_TEST, 10)
+    assert p_at_k(labels, EXACT_L, 1) >= 0.98  # 1,000 held-out queries: one point of sampling slack
+
+
+def test_bad_settings(index):
+    with pytest.raises(ValueError, match="n_probe: at most 16"):
+        index.search(H_TEST, 3, n_probe=17)
+    with pytest.raises(ValueError, match="scoring"):
+        index.search(H_TEST, 3, scoring="gate")
+    with pytest.raises(ValueError, match="power of two"):
+        wolindex.build(W, B, method="ds", train=H_TRAIN, n_experts=12, start_experts=8)
+    with pytest.raises(ValueError, match="train: method 'ds'"):
+        wolindex.build(W, B, method="ds")
+    lean = wolindex.build(W, B, method="ds", train=H_TRAIN, **{**SMALL, "keep_adapted": False})
+    with pytest.raises(ValueError, match="keep_adapted=True"):
+        lean.search(H_TEST, 3, scoring="adapted")

@@ -1,0 +1,166 @@
+"""method='ds': DS-Softmax (Liao et al. 2019) as an index: a learned gate picks the top-m of K sparse
+experts, and the engine scores the union of their classes exactly (see ds_training for the training)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..engine import Buckets, PackedRows, candidate_topk
+from ..params import BuildParams, CandidateSearchParams, check_int
+from ..teacher import teacher_topk
+from .base import Method
+from .ds_training import DSTrainer, Gate, TrainConfig
+from .registry import register
+
+SCORINGS = ("exact", "adapted")
+
+
+def _check_positive(name: str, value, allow_zero: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name}: expected a number {'>=' if allow_zero else '>'} 0, got {value}")
+
+
+@dataclass(frozen=True)
+class DSBuild(BuildParams):
+    """n_experts: K at the end of mitosis (a power-of-two multiple of start_experts); start_experts: K at
+    the start; epochs_per_stage / final_epochs: passes over the training queries per mitosis stage and added
+    to the last one; batch_size; gate_lr (Adam); expert_lr (proximal SGD); lasso: group-lasso weight;
+    prune_below: row norm under which a row leaves its expert; balance: importance-loss weight;
+    label_weight / distill_weight: cross-entropy on the labels and on the exact top-`distill_k`
+    distribution; split_margin: how far apart (in standard deviations of the expert's queries along their
+    leading direction) the twins' gate logits start at mitosis; complete_k: after training, give each
+    expert the exact top-complete_k classes of the training queries routed to it (0: off; an addition to
+    the paper that guarantees the training queries' top classes are found with n_probe=1);
+    capacity_factor: in training, an expert takes at most capacity_factor * batch_size / K queries of a
+    batch, the rest going to their next choice (0: plain top-1 as in the paper; an addition against gate
+    collapse); gate_hidden: 0 for a linear gate,
+    else the width of one ReLU hidden layer; keep_adapted: also store the experts' own rows (for
+    scoring='adapted'); seed."""
+
+    n_experts: int = 256
+    start_experts: int = 2
+    epochs_per_stage: float = 0.5
+    final_epochs: float = 1.0
+    batch_size: int = 512
+    gate_lr: float = 3e-3
+    expert_lr: float = 0.05
+    lasso: float = 0.0003
+    prune_below: float = 1e-3
+    balance: float = 10.0
+    label_weight: float = 1.0
+    distill_weight: float = 1.0
+    distill_k: int = 10
+    split_margin: float = 2.0
+    complete_k: int = 1
+    capacity_factor: float = 2.0
+    gate_hidden: int = 0
+    keep_adapted: bool = False
+    seed: int = 0
+
+    def validate(self) -> None:
+        check_int("n_experts", self.n_experts, 1)
+        check_int("start_experts", self.start_experts, 1, self.n_experts)
+        ratio = self.n_experts // self.start_experts
+        if self.n_experts % self.start_experts or ratio & (ratio - 1):
+            raise ValueError(f"n_experts: must be start_experts ({self.start_experts}) times a power of two, "
+                             f"got {self.n_experts}")
+        check_int("batch_size", self.batch_size, 1)
+        check_int("distill_k", self.distill_k, 1)
+        check_int("complete_k", self.complete_k, 0, self.distill_k)
+        check_int("gate_hidden", self.gate_hidden, 0)
+        check_int("seed", self.seed, 0)
+        for name in ("epochs_per_stage", "gate_lr", "expert_lr"):
+            _check_positive(name, getattr(self, name))
+        for name in ("final_epochs", "lasso", "prune_below", "balance", "label_weight", "distill_weight",
+                     "split_margin", "capacity_factor"):
+            _check_positive(name, getattr(self, name), allow_zero=True)
+        if not isinstance(self.keep_adapted, bool):
+            raise TypeError(f"keep_adapted: expected a bool, got {type(self.keep_adapted).__name__}")
+
+
+@dataclass(frozen=True)
+class DSSearch(CandidateSearchParams):
+    """n_probe: experts opened per query (the top-m of the gate); scoring: 'exact' scores the candidates
+    with the original W, b (exact logits), 'adapted' with the experts' trained rows (DS-Softmax's own
+    logits, without the gate scaling; needs keep_adapted)."""
+
+    n_probe: int = 1
+    scoring: str = "exact"
+
+    def validate(self) -> None:
+        super().validate()
+        check_int("n_probe", self.n_probe, 1)
+        if self.scoring not in SCORINGS:
+            raise ValueError(f"scoring: expected one of {SCORINGS}, got {self.scoring!r}")
+
+
+@register
+class DSSoftmax(Method):
+    name = "ds"
+    Build = DSBuild
+    Search = DSSearch
+
+    def __init__(self, layer, arrays=None, state=None):
+        """From trained (or loaded) arrays: checked, since a damaged file must not reach the kernels."""
+        super().__init__(arrays, state)
+        a = self.arrays
+        self.buckets = Buckets(a["indptr"], a["indices"])
+        self.buckets.validate(layer.n_classes)
+        self.gate = Gate.from_arrays({k[len("gate."):]: v for k, v in a.items() if k.startswith("gate.")},
+                                     self.state["gate_hidden"])
+        gate_in = self.state["gate_hidden"] or layer.dim
+        if self.gate.params["U"].shape != (self.buckets.n_buckets, gate_in):
+            raise ValueError(f"ds: gate of shape {self.gate.params['U'].shape} does not fit "
+                             f"{self.buckets.n_buckets} experts over inputs of size {gate_in}")
+        self.packed = PackedRows.of(self.buckets, layer.W, layer.b)
+        self.adapted = None
+        if "adapted_W" in a:
+            self.adapted = PackedRows.from_arrays(a["adapted_W"], a["adapted_b"])
+            self.adapted.validate(self.buckets, layer.dim)
+
+    @classmethod
+    def build(cls, layer, params, train, labels, verbose):
+        if train is None:
+            raise ValueError("train: method 'ds' learns from sample hidden states; pass train=H (N, d)")
+        t_labels, t_probs = teacher_topk(layer, train, params.distill_k, verbose)
+        cfg = TrainConfig(**{f: getattr(params, f) for f in TrainConfig.__dataclass_fields__})
+        trainer = DSTrainer(layer.W, layer.b, train, labels, t_labels, t_probs, cfg, params.seed)
+        trainer.train(verbose)
+        experts = trainer.experts
+        buckets = Buckets.from_lists([e.classes for e in experts])
+        arrays = {"indptr": buckets.indptr, "indices": buckets.indices, "rehomed": trainer.rehomed,
+                  **{f"gate.{k}": v for k, v in trainer.gate.params.items()}}
+        if params.keep_adapted:
+            arrays["adapted_W"] = np.ascontiguousarray(np.concatenate([e.V for e in experts]), dtype=np.float32)
+            arrays["adapted_b"] = np.concatenate([e.bias for e in experts]).astype(np.float32)
+        sizes = buckets.sizes()
+        state = {"gate_hidden": params.gate_hidden, "n_experts": len(experts),
+                 "mean_support": float(sizes.mean()), "max_support": int(sizes.max()),
+                 "total_support": int(sizes.sum()), "completed_rows": trainer.completed,
+                 "rehomed_classes": int(trainer.rehomed.size),
+                 "training": trainer.history}
+        return cls(layer, arrays, state)
+
+    @classmethod
+    def restore(cls, layer, arrays, state):
+        return cls(layer, arrays, state)
+
+    def search(self, layer, H, k, params):
+        if params.n_probe > self.buckets.n_buckets:
+            raise ValueError(f"n_probe: at most {self.buckets.n_buckets} (the number of experts), got {params.n_probe}")
+        if params.scoring == "adapted" and self.adapted is None:
+            raise ValueError("scoring: 'adapted' needs an index built with keep_adapted=True")
+        probes = self.gate.route(H, params.n_probe)
+        rows = self.packed if params.scoring == "exact" else self.adapted
+        return candidate_topk(layer.W, layer.b, H, k, self.buckets, probes, engine=params.engine,
+                              path=params.path, packed=rows)
+
+    def nbytes(self) -> int:
+        """Saved arrays plus the packed copy of the experts' rows of W kept in memory for speed."""
+        return super().nbytes() + self.packed.W.nbytes + self.packed.b.nbytes + self.packed.row_of.nbytes
+
+    def tuning_grid(self, k):
+        return [{"n_probe": m} for m in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32) if m <= self.buckets.n_buckets]
