@@ -77,8 +77,8 @@ def _write_npy(f, a: np.ndarray) -> str:
     return w.sha.hexdigest()
 
 
-def _entry(a: np.ndarray, sha: str) -> dict:
-    return {"file": None, "dtype": a.dtype.str, "shape": list(a.shape), "sha256": sha}
+def _entry(a: np.ndarray, sha: str, file: str) -> dict:
+    return {"file": file, "dtype": a.dtype.str, "shape": list(a.shape), "sha256": sha}
 
 
 def _write_folder(tmp: Path, arrays: dict, index: Index) -> None:
@@ -86,7 +86,7 @@ def _write_folder(tmp: Path, arrays: dict, index: Index) -> None:
     entries = {}
     for name, a in arrays.items():
         with open(tmp / f"{name}.npy", "wb") as f:
-            entries[name] = {**_entry(a, _write_npy(f, a)), "file": f"{name}.npy"}
+            entries[name] = _entry(a, _write_npy(f, a), f"{name}.npy")
             f.flush()
             os.fsync(f.fileno())
     with open(tmp / META, "w") as f:
@@ -100,7 +100,7 @@ def _write_zip(tmp: Path, arrays: dict, index: Index) -> None:
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
         for name, a in arrays.items():
             with z.open(f"{name}.npy", "w", force_zip64=True) as f:
-                entries[name] = {**_entry(a, _write_npy(f, a)), "file": f"{name}.npy"}
+                entries[name] = _entry(a, _write_npy(f, a), f"{name}.npy")
         z.writestr(META, json.dumps(_meta_of(index, entries), indent=1))
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())

@@ -43,6 +43,15 @@ def with_one_column(H: np.ndarray, width: int | None = None) -> np.ndarray:
     return out
 
 
+def _train_and_add(index, X: np.ndarray, seed: int, verbose: bool, what: str) -> None:
+    """Train an IVF index's k-means (seeded) on X, then add X."""
+    index.cp.seed = seed
+    index.verbose = verbose
+    index.train(X)
+    index.verbose = False
+    _add_in_chunks(index, X, verbose, what)
+
+
 def _add_in_chunks(index, X: np.ndarray, verbose: bool, what: str) -> None:
     from tqdm.auto import tqdm
 
@@ -179,11 +188,7 @@ class FaissIVF(_FaissMethod):
         nlist = params.nlist or int(4 * np.sqrt(layer.n_classes))
         X = with_bias_column(layer.W, layer.b)
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(width), width, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.cp.seed = params.seed
-        index.verbose = verbose
-        index.train(X)
-        index.verbose = False
-        _add_in_chunks(index, X, verbose, cls.name)
+        _train_and_add(index, X, params.seed, verbose, cls.name)
         return cls._from_faiss(index, {"width": width, "nlist": nlist})
 
     def _faiss_params(self, params):
@@ -237,11 +242,7 @@ class FaissIVFPQ(_FaissMethod):
         nlist = params.nlist or int(4 * np.sqrt(layer.n_classes))
         X = with_bias_column(layer.W, layer.b, width)
         index = faiss.IndexIVFPQFastScan(faiss.IndexFlatIP(width), width, nlist, m, 4, faiss.METRIC_INNER_PRODUCT)
-        index.cp.seed = params.seed
-        index.verbose = verbose
-        index.train(X)
-        index.verbose = False
-        _add_in_chunks(index, X, verbose, cls.name)
+        _train_and_add(index, X, params.seed, verbose, cls.name)
         return cls._from_faiss(index, {"width": width, "nlist": nlist, "m": m})
 
     def _faiss_params(self, params):
