@@ -61,7 +61,7 @@ class Expert:
 
     @classmethod
     def of(cls, classes: np.ndarray, W: np.ndarray, b: np.ndarray) -> "Expert":
-        return cls(classes, W[classes].copy(), b[classes].copy(), np.zeros(classes.size))
+        return cls(classes, W[classes], b[classes], np.zeros(classes.size))
 
     def copy(self) -> "Expert":
         return Expert(self.classes.copy(), self.V.copy(), self.bias.copy(), self.sq.copy(), self.steps,
@@ -427,7 +427,7 @@ class DSTrainer:
             wanted = np.unique(self.t_labels[route == e_id, :k])
             new = np.setdiff1d(wanted, e.classes, assume_unique=True).astype(np.int32)
             if new.size:
-                e.add(new, self.W[new].copy(), self.b[new].copy())
+                e.add(new, self.W[new], self.b[new])
                 self.copies[new] += 1
                 added += new.size
         return added
