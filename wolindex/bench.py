@@ -59,11 +59,13 @@ def faiss_flat(W: np.ndarray, b: np.ndarray):
     """faiss.IndexFlatIP over [W, b]; returns search(H, k) -> (scores, labels) with H augmented by 1."""
     import faiss
 
+    from .methods.faiss_baselines import with_bias_column, with_one_column
+
     index = faiss.IndexFlatIP(W.shape[1] + 1)
-    index.add(np.ascontiguousarray(np.hstack([W, b[:, None]]), dtype=np.float32))
+    index.add(with_bias_column(W, b))
 
     def search(H: np.ndarray, k: int):
-        return index.search(np.hstack([H, np.ones((H.shape[0], 1), np.float32)]), k)
+        return index.search(with_one_column(H), k)
 
     return search
 

@@ -248,16 +248,15 @@ class DSTrainer:
             self.copies[e.classes[dead]] -= 1
             e.keep(~dead)
 
-    def rehome_orphans(self) -> np.ndarray:
+    def rehome_orphans(self, route: np.ndarray) -> np.ndarray:
         """Put every class that no expert kept into an expert where it ranks well, evenly: each expert
         takes at most ceil(orphans / K) of them, a class going to the free expert whose training queries'
         mean h gives it the largest original logit w_c . mean_h + b_c. Its row there is zero, as a pruned
         row (the model is unchanged), so the class stays reachable through the index at a bounded cost per
-        expert. Returns the re-homed class ids."""
+        expert. route (N,): each training query's expert. Returns the re-homed class ids."""
         orphans = np.flatnonzero(self.copies == 0).astype(np.int32)
         if orphans.size == 0:
             return orphans
-        route = self.gate.route(self.H, 1)[:, 0]
         K = len(self.experts)
         counts = np.bincount(route, minlength=K)
         means = np.zeros((K, self.H.shape[1]), np.float64)
@@ -411,17 +410,18 @@ class DSTrainer:
                 break
             self.split()
             stage += 1
-        self.completed = self.complete_supports()
-        self.rehomed = self.rehome_orphans()
+        route = self.gate.route(self.H, 1)[:, 0]
+        self.completed = self.complete_supports(route)
+        self.rehomed = self.rehome_orphans(route)
 
-    def complete_supports(self) -> int:
+    def complete_supports(self, route: np.ndarray) -> int:
         """Our addition to the paper (complete_k > 0): add to the expert each training query is routed to
         the query's exact top-complete_k classes it lacks, with their original rows, so that the trained
-        gate's own routing finds them. Returns the number of rows added."""
+        gate's own routing finds them. route (N,): each training query's expert. Returns the number of rows
+        added."""
         k = self.cfg.complete_k
         if k == 0:
             return 0
-        route = self.gate.route(self.H, 1)[:, 0]
         added = 0
         for e_id, e in enumerate(self.experts):
             wanted = np.unique(self.t_labels[route == e_id, :k])
