@@ -51,10 +51,16 @@ def _dot2x4(w0, w1, h0, h1, h2, h3):
     return a00, a01, a02, a03, a10, a11, a12, a13
 
 
+@njit(inline="always")
+def _rank_score(x, square):
+    return x * x if square else x
+
+
 @njit(fastmath=FAST)
-def _score_block(W, b, rows, labels, H, qsel, hs, hl, hrow, row_block):
+def _score_block(W, b, rows, labels, H, qsel, hs, hl, hrow, row_block, square):
     """Score rows W[rows[j]] + b[rows[j]] (class labels[j]) against queries H[qsel] and offer each score
-    to heap hrow[i] of (hs, hl) for query qsel[i]. Rows are taken `row_block` at a time so they stay in
+    to heap hrow[i] of (hs, hl) for query qsel[i] (its square when `square`: the spherical ranking). Rows
+    are taken `row_block` at a time so they stay in
     cache while every query of the block uses them."""
     n_rows = rows.shape[0]
     n_q = qsel.shape[0]
@@ -83,23 +89,23 @@ def _score_block(W, b, rows, labels, H, qsel, hs, hl, hrow, row_block):
                 a00, a01, a02, a03, a10, a11, a12, a13 = _dot2x4(W[row_a], W[row_b], h0, h1, h2, h3)
                 b0 = b[row_a]
                 b1 = b[row_b]
-                offer(s0, l0, a00 + b0, c0)
-                offer(s1, l1, a01 + b0, c0)
-                offer(s2, l2, a02 + b0, c0)
-                offer(s3, l3, a03 + b0, c0)
-                offer(s0, l0, a10 + b1, c1)
-                offer(s1, l1, a11 + b1, c1)
-                offer(s2, l2, a12 + b1, c1)
-                offer(s3, l3, a13 + b1, c1)
+                offer(s0, l0, _rank_score(a00 + b0, square), c0)
+                offer(s1, l1, _rank_score(a01 + b0, square), c0)
+                offer(s2, l2, _rank_score(a02 + b0, square), c0)
+                offer(s3, l3, _rank_score(a03 + b0, square), c0)
+                offer(s0, l0, _rank_score(a10 + b1, square), c1)
+                offer(s1, l1, _rank_score(a11 + b1, square), c1)
+                offer(s2, l2, _rank_score(a12 + b1, square), c1)
+                offer(s3, l3, _rank_score(a13 + b1, square), c1)
                 j += 2
             if j < r1:
                 c0 = labels[j]
                 w0 = W[rows[j]]
                 b0 = b[rows[j]]
-                offer(s0, l0, _dot1(w0, h0) + b0, c0)
-                offer(s1, l1, _dot1(w0, h1) + b0, c0)
-                offer(s2, l2, _dot1(w0, h2) + b0, c0)
-                offer(s3, l3, _dot1(w0, h3) + b0, c0)
+                offer(s0, l0, _rank_score(_dot1(w0, h0) + b0, square), c0)
+                offer(s1, l1, _rank_score(_dot1(w0, h1) + b0, square), c0)
+                offer(s2, l2, _rank_score(_dot1(w0, h2) + b0, square), c0)
+                offer(s3, l3, _rank_score(_dot1(w0, h3) + b0, square), c0)
             i += 4
         while i < n_q:
             h = H[qsel[i]]
@@ -107,12 +113,12 @@ def _score_block(W, b, rows, labels, H, qsel, hs, hl, hrow, row_block):
             l0 = hl[hrow[i]]
             for j in range(r0, r1):
                 r = rows[j]
-                offer(s0, l0, _dot1(W[r], h) + b[r], labels[j])
+                offer(s0, l0, _rank_score(_dot1(W[r], h) + b[r], square), labels[j])
             i += 1
 
 
 @njit(parallel=True, fastmath=FAST, cache=True)
-def exact_topk_kernel(W, b, H, k, n_chunks, row_block, out_s, out_l):
+def exact_topk_kernel(W, b, H, k, n_chunks, row_block, square, out_s, out_l):
     """Exact top-k of H @ W.T + b.  W (D, d) f32, b (D,) f32, H (N, d) f32 -> out_s (N, k) f32, out_l (N, k) i64.
 
     Classes are split into n_chunks ranges scored in parallel, each into its own heaps; then merged."""
@@ -128,7 +134,7 @@ def exact_topk_kernel(W, b, H, k, n_chunks, row_block, out_s, out_l):
             clear(hs[c, i], hl[c, i])
         lo = min(D, c * step)
         hi = min(D, lo + step)
-        _score_block(W, b, all_rows[lo:hi], all_rows[lo:hi], H, qsel, hs[c], hl[c], qsel, row_block)
+        _score_block(W, b, all_rows[lo:hi], all_rows[lo:hi], H, qsel, hs[c], hl[c], qsel, row_block, square)
     for i in prange(N):
         s = hs[0, i]
         lab = hl[0, i]
@@ -158,7 +164,7 @@ def _collect(probes_row, indptr, indices, row_of, st, tag, cr, cl):
 
 @njit(parallel=True, fastmath=FAST, cache=True)
 def fused_candidates_kernel(W, b, row_of, H, probes, indptr, indices, k, stamps, cand_rows, cand_labels, stamp0,
-                            row_block, out_s, out_l, n_scored):
+                            row_block, square, out_s, out_l, n_scored):
     """Per query: the union of its probed buckets (each class once), scored exactly, top-k.
 
     Bucket entry p is class indices[p] with its row W[row_of[p]], b[row_of[p]]. probes (N, m) int32 bucket
@@ -177,14 +183,14 @@ def fused_candidates_kernel(W, b, row_of, H, probes, indptr, indices, k, stamps,
             n = _collect(probes[i], indptr, indices, row_of, stamps[c], stamp0 + i, cand_rows[c], cand_labels[c])
             clear(hs[0], hl[0])
             qsel[0] = i
-            _score_block(W, b, cand_rows[c, :n], cand_labels[c, :n], H, qsel, hs, hl, zero, row_block)
+            _score_block(W, b, cand_rows[c, :n], cand_labels[c, :n], H, qsel, hs, hl, zero, row_block, square)
             write_sorted(hs[0], hl[0], out_s[i], out_l[i])
             n_scored[i] = n
 
 
 @njit(parallel=True, fastmath=FAST, cache=True)
 def split_candidates_kernel(W, b, row_of, H, probes, indptr, indices, k, stamps, cand_rows, cand_labels, stamp0,
-                            n_parts, row_block, out_s, out_l, n_scored):
+                            n_parts, row_block, square, out_s, out_l, n_scored):
     """fused_candidates_kernel for fewer queries than threads: one query at a time, its candidate list cut
     into n_parts scored in parallel (more memory traffic in flight), the parts' heaps then merged.
     Uses the first workspace row only."""
@@ -200,7 +206,8 @@ def split_candidates_kernel(W, b, row_of, H, probes, indptr, indices, k, stamps,
             hi = min(n, lo + step)
             qsel = np.full(1, i, np.int64)
             heap = np.full(1, t, np.int64)
-            _score_block(W, b, cand_rows[0, lo:hi], cand_labels[0, lo:hi], H, qsel, hs, hl, heap, row_block)
+            _score_block(W, b, cand_rows[0, lo:hi], cand_labels[0, lo:hi], H, qsel, hs, hl, heap, row_block,
+                         square)
         for t in range(1, n_parts):
             for j in range(k):
                 offer(hs[0], hl[0], hs[t, j], hl[t, j])
@@ -210,14 +217,16 @@ def split_candidates_kernel(W, b, row_of, H, probes, indptr, indices, k, stamps,
 
 @njit(parallel=True, fastmath=FAST, cache=True)
 def grouped_candidates_kernel(W, b, row_of, H, indptr, indices, item_bucket, item_start, item_stop,
-                              pair_query, pair_slot, k, m, row_block, out_s, out_l):
+                              pair_query, pair_heap, heap_ptr, k, row_block, square, out_s, out_l):
     """Queries grouped by bucket: each work item scores one bucket's rows (W[row_of[p]], class indices[p])
     against a run of the queries that probe it (pair_query[item_start:item_stop]), each row read once per
-    item, into per-(query, probe) heaps pair_slot; then each query merges its m heaps, a class kept once."""
+    item, into per-(query, probe) heaps pair_heap; then query i merges its heaps heap_ptr[i]:heap_ptr[i + 1],
+    a class kept once."""
     N = H.shape[0]
-    hs = np.empty((N * m, k), np.float32)
-    hl = np.empty((N * m, k), np.int64)
-    for t in prange(N * m):
+    n_heaps = heap_ptr[N]
+    hs = np.empty((n_heaps + N, k), np.float32)
+    hl = np.empty((n_heaps + N, k), np.int64)
+    for t in prange(n_heaps + N):
         clear(hs[t], hl[t])
     for it in prange(item_bucket.shape[0]):
         bkt = item_bucket[it]
@@ -225,11 +234,12 @@ def grouped_candidates_kernel(W, b, row_of, H, indptr, indices, item_bucket, ite
         z = item_stop[it]
         lo = indptr[bkt]
         hi = indptr[bkt + 1]
-        _score_block(W, b, row_of[lo:hi], indices[lo:hi], H, pair_query[a:z], hs, hl, pair_slot[a:z], row_block)
+        _score_block(W, b, row_of[lo:hi], indices[lo:hi], H, pair_query[a:z], hs, hl, pair_heap[a:z], row_block,
+                     square)
     for i in prange(N):
-        s = hs[i * m]
-        lab = hl[i * m]
-        for j in range(1, m):
+        s = hs[n_heaps + i]
+        lab = hl[n_heaps + i]
+        for j in range(heap_ptr[i], heap_ptr[i + 1]):
             for t in range(k):
-                offer_unique(s, lab, hs[i * m + j, t], hl[i * m + j, t])
+                offer_unique(s, lab, hs[j, t], hl[j, t])
         write_sorted(s, lab, out_s[i], out_l[i])

@@ -28,7 +28,7 @@ def _threadsafe() -> bool:
     if _layer_is_threadsafe is None:
         with _launch_lock:
             cpu.exact_topk_kernel(np.zeros((1, 1), np.float32), np.zeros(1, np.float32),
-                                  np.zeros((1, 1), np.float32), 1, 1, 1,
+                                  np.zeros((1, 1), np.float32), 1, 1, 1, False,
                                   np.empty((1, 1), np.float32), np.empty((1, 1), np.int64))
             _layer_is_threadsafe = numba.threading_layer() != "workqueue"
     return _layer_is_threadsafe
@@ -51,19 +51,19 @@ def check_engine(engine: str) -> None:
         raise ValueError(f"engine: expected one of {ENGINES}, got {engine!r}")
 
 
-def exact_topk(W: np.ndarray, b: np.ndarray, H: np.ndarray, k: int, engine: str = "numba"):
-    """Exact top-k of H @ W.T + b.  W (D, d) f32, b (D,) f32, H (N, d) f32 ->
-    scores (N, k) float32, labels (N, k) int64, best first. Inputs must already be checked."""
+def exact_topk(W: np.ndarray, b: np.ndarray, H: np.ndarray, k: int, engine: str = "numba", square: bool = False):
+    """Exact top-k of H @ W.T + b (of its square when `square`: spherical layers).  W (D, d) f32, b (D,) f32,
+    H (N, d) f32 -> scores (N, k) float32, labels (N, k) int64, best first. Inputs must already be checked."""
     check_engine(engine)
     if engine == "numpy":
-        return numpy_ref.exact_topk(W, b, H, k)
+        return numpy_ref.exact_topk(W, b, H, k, square)
     N = H.shape[0]
     out_s = np.empty((N, k), np.float32)
     out_l = np.empty((N, k), np.int64)
     n_chunks = max(1, min(4 * numba.get_num_threads(), W.shape[0] // 64))
     for q0 in range(0, N, QUERY_BLOCK):
         q1 = min(N, q0 + QUERY_BLOCK)
-        _launch(cpu.exact_topk_kernel, W, b, H[q0:q1], k, n_chunks, _row_block(W.shape[1]),
+        _launch(cpu.exact_topk_kernel, W, b, H[q0:q1], k, n_chunks, _row_block(W.shape[1]), square,
                 out_s[q0:q1], out_l[q0:q1])
     return out_s, out_l
 
@@ -98,7 +98,7 @@ def _fused_workspace(n_chunks: int, n_classes: int) -> _FusedWorkspace:
     return spaces[key]
 
 
-def _fused(W, b, row_of, n_classes, H, k, buckets, probes):
+def _fused(W, b, row_of, n_classes, H, k, buckets, probes, square):
     N = H.shape[0]
     threads = numba.get_num_threads()
     n_chunks = max(1, min(N, threads))
@@ -110,7 +110,7 @@ def _fused(W, b, row_of, n_classes, H, k, buckets, probes):
         q1 = min(N, q0 + QUERY_BLOCK)
         args = (W, b, row_of, H[q0:q1], probes[q0:q1], buckets.indptr, buckets.indices, k, ws.stamps,
                 ws.cand_rows, ws.cand_labels, ws.take_stamps(q1 - q0))
-        outs = (_row_block(W.shape[1]), out_s[q0:q1], out_l[q0:q1], n_scored[q0:q1])
+        outs = (_row_block(W.shape[1]), square, out_s[q0:q1], out_l[q0:q1], n_scored[q0:q1])
         if N < threads:
             _launch(cpu.split_candidates_kernel, *args, threads, *outs)
         else:
@@ -120,7 +120,8 @@ def _fused(W, b, row_of, n_classes, H, k, buckets, probes):
 
 def _work_items(probes: np.ndarray, sizes: np.ndarray):
     """Group (query, probe slot) pairs by bucket and cut each group into runs of ITEM_QUERIES queries;
-    items are ordered by cost (rows x queries), largest first, for dynamic scheduling."""
+    items are ordered by cost (rows x queries), largest first, for dynamic scheduling. Each valid pair
+    gets its own heap, numbered in (query, slot) order, so query i owns heaps heap_ptr[i]:heap_ptr[i + 1]."""
     m = probes.shape[1]
     flat = probes.ravel()
     slots = np.flatnonzero(flat >= 0)
@@ -135,12 +136,14 @@ def _work_items(probes: np.ndarray, sizes: np.ndarray):
     item_bucket = pair_bucket[item_start] if item_start.size else np.zeros(0, np.int32)
     cost = sizes[item_bucket] * (item_stop - item_start)
     by_cost = np.argsort(-cost, kind="stable")
+    heap_ptr = np.searchsorted(slots, np.arange(probes.shape[0] + 1) * m).astype(np.int64)
     return (item_bucket[by_cost].astype(np.int32), item_start[by_cost].astype(np.int64),
-            item_stop[by_cost].astype(np.int64), (pair_slot // m).astype(np.int64), pair_slot.astype(np.int64))
+            item_stop[by_cost].astype(np.int64), (pair_slot // m).astype(np.int64), order.astype(np.int64),
+            heap_ptr)
 
 
-def _grouped(W, b, row_of, H, k, buckets, probes):
-    N, m = probes.shape
+def _grouped(W, b, row_of, H, k, buckets, probes, square):
+    N = probes.shape[0]
     out_s = np.empty((N, k), np.float32)
     out_l = np.empty((N, k), np.int64)
     sizes = buckets.sizes()
@@ -149,7 +152,7 @@ def _grouped(W, b, row_of, H, k, buckets, probes):
         items = _work_items(probes[q0:q1], sizes)
         with numba.parallel_chunksize(1):
             _launch(cpu.grouped_candidates_kernel, W, b, row_of, H[q0:q1], buckets.indptr, buckets.indices, *items,
-                    k, m, _row_block(W.shape[1]), out_s[q0:q1], out_l[q0:q1])
+                    k, _row_block(W.shape[1]), square, out_s[q0:q1], out_l[q0:q1])
     n_scored = np.where(probes >= 0, sizes[np.maximum(probes, 0)], 0).sum(axis=1)
     return out_s, out_l, n_scored
 
@@ -163,30 +166,31 @@ def choose_path(probes: np.ndarray) -> str:
 
 
 def candidate_topk(W: np.ndarray, b: np.ndarray, H: np.ndarray, k: int, buckets: Buckets, probes,
-                   engine: str = "numba", path: str = "auto", packed: PackedRows | None = None):
+                   engine: str = "numba", path: str = "auto", packed: PackedRows | None = None, square: bool = False):
     """Exact top-k over the union of each query's probed buckets.
 
     probes: (N, m) bucket ids, -1 for none; packed: the buckets' rows stored contiguously (then W and b
-    are not read). Returns scores (N, k) float32, labels (N, k) int64 (padded
-    with -inf / -1 where a query has fewer than k candidates) and n_scored (N,) int64: classes scored per
-    query (distinct classes on the fused path; on the grouped path a class probed twice counts twice)."""
+    are not read); square: rank by the squared score (spherical layers). Returns scores (N, k) float32,
+    labels (N, k) int64 (padded with -inf / -1 where a query has fewer than k candidates) and n_scored (N,)
+    int64: classes scored per query (distinct classes on the fused path; on the grouped path a class probed
+    twice counts twice)."""
     check_engine(engine)
     if path not in PATHS:
         raise ValueError(f"path: expected one of {PATHS}, got {path!r}")
     probes = check_probes(probes, buckets.n_buckets, H.shape[0])
     if engine == "numpy":
-        return numpy_ref.candidate_topk(W, b, H, k, buckets, probes, packed)
+        return numpy_ref.candidate_topk(W, b, H, k, buckets, probes, packed, square)
     if path == "auto":
         path = choose_path(probes)
     rows = (W, b, buckets.indices) if packed is None else (packed.W, packed.b, packed.row_of)
     if path == "grouped":
-        return _grouped(*rows, H, k, buckets, probes)
-    return _fused(*rows, W.shape[0], H, k, buckets, probes)
+        return _grouped(*rows, H, k, buckets, probes, square)
+    return _fused(*rows, W.shape[0], H, k, buckets, probes, square)
 
 
 def rescore_topk(W: np.ndarray, b: np.ndarray, H: np.ndarray, k: int, candidates: np.ndarray,
-                 engine: str = "numba"):
-    """Exact top-k over each query's own candidate list (from FAISS, say).
+                 engine: str = "numba", square: bool = False):
+    """Exact top-k over each query's own candidate list (from FAISS, say); square as in candidate_topk.
 
     candidates: (N, c) class ids, -1 for none, repeats allowed. Returns scores (N, k), labels (N, k)
     and n_scored (N,) like candidate_topk."""
@@ -195,4 +199,14 @@ def rescore_topk(W: np.ndarray, b: np.ndarray, H: np.ndarray, k: int, candidates
     np.cumsum(valid.sum(axis=1), out=indptr[1:])
     buckets = Buckets(indptr, candidates[valid].astype(np.int32))
     probes = np.arange(candidates.shape[0], dtype=np.int32)[:, None]
-    return candidate_topk(W, b, H, k, buckets, probes, engine=engine, path="fused")
+    return candidate_topk(W, b, H, k, buckets, probes, engine=engine, path="fused", square=square)
+
+
+def merge_topk(scores_a, labels_a, scores_b, labels_b):
+    """Two top-k lists (N, k) over disjoint classes -> their joint top-k (N, k), in ranking order
+    (score desc, label asc), padding (-inf, -1) last."""
+    k = scores_a.shape[1]
+    scores = np.concatenate([scores_a, scores_b], axis=1)
+    labels = np.concatenate([labels_a, labels_b], axis=1)
+    order = np.lexsort((np.where(labels < 0, np.iinfo(np.int64).max, labels), -scores), axis=1)[:, :k]
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(labels, order, axis=1)
