@@ -2,6 +2,10 @@
 at batch 1 and batch 256; one colour per method, its front drawn as a line.
 
     python benchmarks/plot.py benchmarks/results/quick-debian-lm-100k-*.json   # writes a .png beside it
+    python benchmarks/plot.py A.json --with B.json --methods faiss-ivf faiss-hnsw  # B's fronts drawn too
+
+Speedups are ratios to exact search measured within each file's own run, so fronts from another run of
+the same configuration on the same machine can be drawn together; their labels name that run's file.
 """
 from __future__ import annotations
 
@@ -22,12 +26,13 @@ PANELS = [("P@1", "speedup_b1", "P@1 (agreement with exact top-1)", "speedup ove
           ("R_true@1", "qps_b256", "R_true@1 (true next word at rank 1)", "queries/s, batch 256")]
 
 
-def plot(result: dict, out: Path) -> None:
-    methods = list(dict.fromkeys(r["label"] for r in result["rows"]))
+def plot(result: dict, out: Path, extra_rows: list | None = None) -> None:
+    rows_all = result["rows"] + (extra_rows or [])
+    methods = list(dict.fromkeys(r["label"] for r in rows_all))
     fig, axes = plt.subplots(2, 2, figsize=(12, 9))
     for ax, (acc, speed, xlabel, ylabel) in zip(axes.flat, PANELS):
         for i, method in enumerate(methods):
-            rows = [r for r in result["rows"] if r["label"] == method]
+            rows = [r for r in rows_all if r["label"] == method]
             colour = f"C{i}"
             ax.scatter([r[acc] for r in rows], [r[speed] for r in rows], color=colour, s=14, alpha=0.6)
             front = pareto_front(rows, acc, speed)
@@ -48,10 +53,18 @@ def plot(result: dict, out: Path) -> None:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results", type=Path, nargs="+")
+    ap.add_argument("--with", dest="others", type=Path, nargs="*", default=[],
+                    help="other result files on the same data set whose methods are drawn too")
+    ap.add_argument("--methods", nargs="*", help="only these method labels from the --with files")
     a = ap.parse_args(argv)
+    extra = []
+    for other in a.others:
+        for r in json.loads(other.read_text())["rows"]:
+            if r["label"] != "exact" and (not a.methods or r["label"] in a.methods):
+                extra.append({**r, "label": f"{r['label']} ({other.stem})"})
     for path in a.results:
         out = path.with_suffix(".png")
-        plot(json.loads(path.read_text()), out)
+        plot(json.loads(path.read_text()), out, extra)
         print(f"wrote {out}")
 
 

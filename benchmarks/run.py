@@ -31,10 +31,13 @@ RESULTS = Path(__file__).parent / "results"
 BATCHES = (1, 256)
 
 
-def sweep_points(sweep: dict | None) -> list[dict]:
-    """{'nprobe': [1, 4], 'k_factor': [1]} -> [{'nprobe': 1, 'k_factor': 1}, {'nprobe': 4, 'k_factor': 1}]."""
+def sweep_points(sweep: dict | list | None) -> list[dict]:
+    """{'nprobe': [1, 4], 'k_factor': [1]} -> [{'nprobe': 1, 'k_factor': 1}, {'nprobe': 4, 'k_factor': 1}];
+    a list of such dicts gives the points of each, in order."""
     if not sweep:
         return [{}]
+    if isinstance(sweep, list):
+        return [point for part in sweep for point in sweep_points(part)]
     keys = list(sweep)
     return [dict(zip(keys, values)) for values in itertools.product(*(sweep[k] for k in keys))]
 
