@@ -9,24 +9,29 @@ from . import __version__
 from .arrays import as_labels, as_queries
 from .index import Index
 from .layer import OutputLayer
-from .methods import get_method
+from .methods import METHODS, get_method
 
 
 def build(W, b=None, method: str = "exact", *, train=None, labels=None, class_counts=None,
-          verbose: bool = True, **params: Any) -> Index:
+          scoring: str = "logit", epsilon: float = 0.0, verbose: bool = True, **params: Any) -> Index:
     """Build an index over the output layer ``logits = H @ W.T + b``.
 
     W: (D, d) array from any framework (or an OutputLayer, then b and class_counts must be None);
     b: (D,) or None for zeros; method: a name in wolindex.METHODS; train: (N, d) sample hidden states and
     labels: (N,) their true class ids, for learned builders; class_counts: (D,) training frequencies;
-    params: the method's build settings (see wolindex.METHODS[method].Build)."""
+    scoring: 'logit' (softmax layers) or 'spherical' (spherical softmax with `epsilon`: classes ranked by
+    (w.h + b)^2, and search(..., return_probs=True) available); params: the method's build settings (see
+    wolindex.METHODS[method].Build)."""
     if isinstance(W, OutputLayer):
-        if b is not None or class_counts is not None:
-            raise ValueError("b / class_counts: pass them inside the OutputLayer, not beside it")
+        if b is not None or class_counts is not None or scoring != "logit" or epsilon != 0.0:
+            raise ValueError("b / class_counts / scoring / epsilon: pass them inside the OutputLayer, not beside it")
         layer = W
     else:
-        layer = OutputLayer.from_arrays(W, b, class_counts)
+        layer = OutputLayer.from_arrays(W, b, class_counts, scoring, epsilon)
     method_cls = get_method(method)
+    if layer.square and not method_cls.supports_spherical:
+        spherical = sorted(name for name, m in METHODS.items() if m.supports_spherical)
+        raise ValueError(f"scoring: method {method!r} does not index spherical layers; these do: {spherical}")
     build_params = method_cls.Build.from_dict(params)
     H = None if train is None else as_queries(train, layer.dim, "train")
     y = None

@@ -40,18 +40,24 @@ class Index:
         """The settings a search with these keyword overrides would use (the index defaults otherwise)."""
         return type(self.method).Search.from_dict(self.default_search, **settings)
 
-    def search(self, H, k: int = 10, *, return_n_scored: bool = False, **settings: Any):
-        """Top-k classes of each query, by exact logit ``w_c . h + b_c``.
+    def search(self, H, k: int = 10, *, return_n_scored: bool = False, return_probs: bool = False,
+               **settings: Any):
+        """Top-k classes of each query, by exact logit ``w_c . h + b_c`` (by its square on spherical layers).
 
         H: (N, d) array from any framework, any float dtype (computed in float32); k: 1 <= k <= D;
         settings: the method's search settings for this call (see ``search_params``).
         Returns scores (N, k) float32 and labels (N, k) int64, each row best first (ties: smaller id
-        first), padded with -inf / -1 when a method finds fewer than k candidates; with
-        return_n_scored=True also n_scored (N,) int64, the classes scored per query."""
+        first), padded with -inf / -1 when a method finds fewer than k candidates; then, when asked,
+        n_scored (N,) int64, the classes scored per query, and probs (N, k) float64, the exact
+        spherical-softmax probabilities of the returned classes (spherical layers only; 0 for padding)."""
         Q = as_queries(H, self.dim)
         k = check_k(k, self.n_classes)
+        if return_probs and not self.layer.square:
+            raise ValueError("return_probs: only spherical layers (scoring='spherical') have exact probabilities "
+                             "without scoring every class")
         scores, labels, n_scored = self.method.search(self.layer, Q, k, self.search_params(**settings))
-        return (scores, labels, n_scored) if return_n_scored else (scores, labels)
+        out = (scores, labels) + ((n_scored,) if return_n_scored else ())
+        return out + ((self.layer.spherical_probs(Q, scores),) if return_probs else ())
 
     def tune(self, H_val, k: int = 10, **options: Any) -> dict[str, Any]:
         """Make the cheapest search setting that meets a target on held-out queries the default:

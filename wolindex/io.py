@@ -19,7 +19,7 @@ import numpy as np
 
 from . import __version__
 from .index import Index
-from .layer import OutputLayer
+from .layer import OutputLayer, check_scoring
 from .methods import get_method
 
 FORMAT = "wolindex-index"
@@ -67,6 +67,8 @@ def _meta_of(index: Index, entries: dict) -> dict:
         "info": index.info,
         "n_classes": index.n_classes,
         "dim": index.dim,
+        "scoring": index.layer.scoring,
+        "epsilon": index.layer.epsilon,
         "arrays": entries,
     }
 
@@ -267,4 +269,6 @@ def _layer_of(arrays: dict, meta: dict, path: Path) -> OutputLayer:
     if W is None or b is None or W.dtype != np.float32 or W.shape != (D, d) or b.dtype != np.float32 \
             or b.shape != (D,) or (counts is not None and (counts.dtype != np.int64 or counts.shape != (D,))):
         raise ValueError(f"path: {path}: the layer arrays do not match n_classes={D}, dim={d}")
-    return OutputLayer(W, b, counts)
+    scoring, epsilon = meta.get("scoring", "logit"), meta.get("epsilon", 0.0)
+    check_scoring(scoring, epsilon)
+    return OutputLayer(W, b, counts, scoring, epsilon)

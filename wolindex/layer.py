@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -13,15 +14,20 @@ class OutputLayer:
     """A wide output layer ``logits = H @ W.T + b``.
 
     W: (D, d) float32, C-contiguous.  b: (D,) float32.  class_counts: (D,) int64 >= 0 or None
-    (training frequencies, used by frequency-based builders)."""
+    (training frequencies, used by frequency-based builders). scoring: 'logit' (a softmax layer: classes
+    ranked by o = w.h + b) or 'spherical' (a spherical softmax, p_c = (o_c^2 + epsilon) / sum_j (o_j^2 +
+    epsilon): classes ranked by o^2, both signs)."""
 
     W: np.ndarray
     b: np.ndarray
     class_counts: np.ndarray | None = None
+    scoring: str = "logit"
+    epsilon: float = 0.0
 
     @classmethod
-    def from_arrays(cls, W, b=None, class_counts=None) -> "OutputLayer":
-        """Check and convert W (D, d), b (D,) or None (zeros), class_counts (D,) or None."""
+    def from_arrays(cls, W, b=None, class_counts=None, scoring: str = "logit", epsilon: float = 0.0) -> "OutputLayer":
+        """Check and convert W (D, d), b (D,) or None (zeros), class_counts (D,) or None, scoring, epsilon."""
+        check_scoring(scoring, epsilon)
         W32 = as_float32(W, "W", 2)
         D, d = W32.shape
         if D == 0 or d == 0:
@@ -42,7 +48,7 @@ class OutputLayer:
             if counts.min() < 0:
                 raise ValueError("class_counts: counts must be >= 0")
             counts = np.ascontiguousarray(counts, dtype=np.int64)
-        return cls(W32, b32, counts)
+        return cls(W32, b32, counts, scoring, float(epsilon))
 
     @property
     def n_classes(self) -> int:
@@ -52,6 +58,37 @@ class OutputLayer:
     def dim(self) -> int:
         return self.W.shape[1]
 
+    @property
+    def square(self) -> bool:
+        """Whether classes rank by the squared output (spherical layers)."""
+        return self.scoring == "spherical"
+
+    @cached_property
+    def gram(self) -> np.ndarray:
+        """Q = [W, b]^T [W, b], (d + 1, d + 1) float64: |W h + b|^2 = [h, 1]^T Q [h, 1] in O(d^2)."""
+        Wb = np.concatenate([self.W, self.b[:, None]], axis=1).astype(np.float64)
+        return Wb.T @ Wb
+
+    def spherical_probs(self, H: np.ndarray, squares: np.ndarray) -> np.ndarray:
+        """Exact spherical-softmax probabilities (N, k) float64 of classes with squared outputs squares (N, k)
+        (-inf padding -> 0) for queries H (N, d), the normaliser h'^T Q h' + D epsilon in O(d^2) per query."""
+        Hb = np.concatenate([H, np.ones((H.shape[0], 1), H.dtype)], axis=1).astype(np.float64)
+        total = ((Hb @ self.gram) * Hb).sum(axis=1) + self.n_classes * self.epsilon
+        return np.where(np.isfinite(squares), (squares + self.epsilon) / total[:, None], 0.0)
+
     def logits(self, H: np.ndarray) -> np.ndarray:
         """(N, d) float32 -> (N, D) float32 full logits (for references and small checks)."""
         return H @ self.W.T + self.b
+
+
+SCORINGS = ("logit", "spherical")
+
+
+def check_scoring(scoring: str, epsilon) -> None:
+    if scoring not in SCORINGS:
+        raise ValueError(f"scoring: expected one of {SCORINGS}, got {scoring!r}")
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not (np.isfinite(epsilon)
+                                                                                   and epsilon >= 0):
+        raise ValueError(f"epsilon: expected a finite number >= 0, got {epsilon!r}")
+    if scoring == "logit" and epsilon != 0:
+        raise ValueError("epsilon: only spherical layers have one (scoring='spherical')")

@@ -18,6 +18,7 @@ class Method:
     name: ClassVar[str]
     Build: ClassVar[type[BuildParams]] = BuildParams
     Search: ClassVar[type[SearchParams]] = SearchParams
+    supports_spherical: ClassVar[bool] = False   # whether search honours layer.square (rank by o^2)
 
     def __init__(self, arrays: dict[str, np.ndarray] | None = None, state: dict[str, Any] | None = None):
         self.arrays = dict(arrays or {})

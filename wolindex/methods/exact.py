@@ -9,11 +9,12 @@ from .registry import register
 @register
 class Exact(Method):
     name = "exact"
+    supports_spherical = True
 
     @classmethod
     def build(cls, layer, params, train, labels, verbose):
         return cls()
 
     def search(self, layer, H, k, params):
-        scores, labels = exact_topk(layer.W, layer.b, H, k, engine=params.engine)
+        scores, labels = exact_topk(layer.W, layer.b, H, k, engine=params.engine, square=layer.square)
         return scores, labels, np.full(H.shape[0], layer.n_classes, np.int64)

@@ -132,6 +132,7 @@ class _FaissMethod(Method):
     """Shared plumbing: holds the deserialised FAISS index; search = FAISS candidates + exact rescoring."""
 
     Search = FaissSearch
+    supports_spherical = True
 
     def __init__(self, arrays=None, state=None):
         super().__init__(arrays, state)
@@ -148,9 +149,15 @@ class _FaissMethod(Method):
         return None
 
     def search(self, layer, H, k, params):
+        """Candidates by largest inner product (and, for spherical layers, also by most negative: the top
+        squares come from both ends), rescored exactly."""
         n_cand = min(layer.n_classes, k * params.k_factor)
-        _, cand = self.faiss_index.search(self._queries(H), n_cand, params=self._faiss_params(params))
-        return rescore_topk(layer.W, layer.b, H, k, cand, engine=params.engine)
+        Q = self._queries(H)
+        _, cand = self.faiss_index.search(Q, n_cand, params=self._faiss_params(params))
+        if layer.square:
+            _, negative = self.faiss_index.search(-Q, n_cand, params=self._faiss_params(params))
+            cand = np.concatenate([cand, negative], axis=1)
+        return rescore_topk(layer.W, layer.b, H, k, cand, engine=params.engine, square=layer.square)
 
     def tuning_grid(self, k):
         return [{"k_factor": f} for f in (1, 2, 4, 8)]
