@@ -13,6 +13,7 @@ from pathlib import Path
 from pareto import best_speedup
 
 THRESHOLDS = (0.9, 0.95, 0.98, 0.99)
+RECALL_GAPS = (0.02, 0.01, 0.005)
 
 
 def table(result: dict, source: str) -> str:
@@ -42,6 +43,20 @@ def table(result: dict, source: str) -> str:
             best = [best_speedup(rows, "P@1", t, f"speedup_b{b}") for b in (1, 256)]
             cells.append(" / ".join(f"x{r[f'speedup_b{b}']:.2f}" if r else "-" for r, b in zip(best, (1, 256))))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    reference = result.get("reference", {}).get("R_true@1")
+    if reference:
+        floors = [round(reference - gap, 4) for gap in RECALL_GAPS]
+        lines += ["", f"Best speedup over exact at an R_true@1 floor (the full softmax's {reference} minus "
+                      f"{', '.join(str(g) for g in RECALL_GAPS)}; batch 1 / batch 256):", "",
+                  "| method | " + " | ".join(f"R_true@1 >= {f}" for f in floors) + " |",
+                  "|---|" + "---:|" * len(floors)]
+        for label in dict.fromkeys(r["label"] for r in result["rows"]):
+            rows = [r for r in result["rows"] if r["label"] == label]
+            cells = []
+            for f in floors:
+                best = [best_speedup(rows, "R_true@1", f, f"speedup_b{b}") for b in (1, 256)]
+                cells.append(" / ".join(f"x{r[f'speedup_b{b}']:.2f}" if r else "-" for r, b in zip(best, (1, 256))))
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -3,7 +3,7 @@ Vincent et al. (2015), for D in {1e4, 1e5, 2e5, 1e6} and d in {128, 256, 512}, b
 setting), float32, one target per example.
 
     python benchmarks/training.py --threads 2
-    python benchmarks/training.py --plot benchmarks/results/training-*.json
+    python benchmarks/training.py --plot benchmarks/results/training-*.json   # redraw plot and table
 
 Each cell: warm-up steps, then the wall time of `naive_steps` naive and `factored_steps` factored steps
 (condition-number checks and any refactorisation included), divided by the step count. The paper predicts a
@@ -79,6 +79,21 @@ def plot(path: Path) -> Path:
     return out
 
 
+def markdown(path: Path) -> str:
+    """The result file as a Markdown table (written beside it as .md)."""
+    result = json.loads(path.read_text())
+    lines = [f"{result['loss']} loss, batch 1, {result['dtype']}, {result['threads']} threads, "
+             f"{result['machine']['cpu']}; seconds per example = wall time of a run of steps / steps, after "
+             f"warm-up; from `{path.as_posix()}`.", "",
+             "| D | d | naive ms / example | factored ms / example | speedup | predicted D/(4d) | required D/(8d) |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['D']:,} | {r['d']} | {r['naive_s_per_example'] * 1e3:.2f} | "
+                     f"{r['factored_s_per_example'] * 1e3:.3f} | {r['speedup']:.1f} | {r['predicted_speedup']:.1f} | "
+                     f"{r['required_speedup']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000, 200_000, 1_000_000])
@@ -92,7 +107,8 @@ def main(argv=None):
     ap.add_argument("--plot", type=Path, help="only draw the plot of this result file")
     a = ap.parse_args(argv)
     if a.plot:
-        print(f"wrote {plot(a.plot)}")
+        a.plot.with_suffix(".md").write_text(markdown(a.plot))
+        print(f"wrote {plot(a.plot)} and {a.plot.with_suffix('.md')}")
         return
     set_threads(a.threads)
     rows = []
@@ -109,7 +125,8 @@ def main(argv=None):
     path.write_text(json.dumps({"loss": a.loss, "threads": a.threads, "dtype": "float32", "batch": 1,
                                 "machine": machine_info(), "rows": rows,
                                 "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}, indent=1))
-    print(f"wrote {path}\nwrote {plot(path)}")
+    path.with_suffix(".md").write_text(markdown(path))
+    print(f"wrote {path}, {path.with_suffix('.md')} and {plot(path)}")
 
 
 if __name__ == "__main__":

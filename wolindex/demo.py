@@ -17,8 +17,8 @@ from .metrics import p_at_k, true_recall_at_k
 
 K = 10
 EXACT_BASELINES = ("exact", "faiss-flat")
-# the methods the demo builds besides exact; 'ds' joins once it meets its targets (see README, Status)
-DEMO_METHODS = ("faiss-flat", "faiss-ivf", "faiss-hnsw", "faiss-ivfpq")
+# the methods the demo builds besides exact; 'ds' and 'lss' join once they meet their targets (README, Status)
+DEMO_METHODS = ("adaptive", "faiss-flat", "faiss-ivf", "faiss-hnsw", "faiss-ivfpq")
 
 
 def _dataset(name: str | None, say, synthetic_classes: int):

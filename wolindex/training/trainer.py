@@ -42,9 +42,10 @@ def sparse_targets(targets, values, n_rows: int, n_classes: int):
         vals = np.ones(ids.shape)
     else:
         vals = to_numpy(values, "values").astype(np.float64)
-        if vals.shape != ids.shape and vals.shape != (n_rows,):
+        if vals.ndim == 1 and ids.shape[1] == 1:
+            vals = vals[:, None]
+        if vals.shape != ids.shape:
             raise ValueError(f"values: expected the shape of targets {ids.shape}, got {vals.shape}")
-        vals = vals.reshape(ids.shape)
         if not np.all(np.isfinite(vals)):
             raise ValueError("values: NaN or Inf")
     key = np.where(ids < 0, n_classes, ids)                     # padding sorts last
