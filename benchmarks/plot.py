@@ -1,5 +1,5 @@
-"""Pareto plots of a benchmark result file: P@1 against speedup over exact, and R_true@1 against queries/s,
-at batch 1 and batch 256; one colour per method, its front drawn as a line.
+"""Pareto plots of a benchmark result file: P@1 and R_true@1 against the speedup over exact, at batch 1 and
+batch 256; one colour per method, its front drawn as a line.
 
     python benchmarks/plot.py benchmarks/results/quick-debian-lm-100k-*.json   # writes a .png beside it
     python benchmarks/plot.py A.json --with B.json --methods faiss-ivf faiss-hnsw  # B's fronts drawn too
@@ -22,8 +22,8 @@ from pareto import pareto_front  # noqa: E402
 
 PANELS = [("P@1", "speedup_b1", "P@1 (agreement with exact top-1)", "speedup over exact, batch 1"),
           ("P@1", "speedup_b256", "P@1 (agreement with exact top-1)", "speedup over exact, batch 256"),
-          ("R_true@1", "qps_b1", "R_true@1 (true next word at rank 1)", "queries/s, batch 1"),
-          ("R_true@1", "qps_b256", "R_true@1 (true next word at rank 1)", "queries/s, batch 256")]
+          ("R_true@1", "speedup_b1", "R_true@1 (true next word at rank 1)", "speedup over exact, batch 1"),
+          ("R_true@1", "speedup_b256", "R_true@1 (true next word at rank 1)", "speedup over exact, batch 256")]
 
 
 def plot(result: dict, out: Path, extra_rows: list | None = None) -> None:

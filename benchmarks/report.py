@@ -34,30 +34,27 @@ def table(result: dict, source: str) -> str:
                      f"{r['speedup_b1']:.2f} | {r['qps_b256']:,.0f} | {r['speedup_b256']:.2f} | {r['build_s']:.1f} | "
                      f"{r['index_over_W']:.2f} |")
     lines += ["", "Best speedup over exact at a P@1 floor (batch 1 / batch 256; - where the sweep never reaches it):",
-              "", "| method | " + " | ".join(f"P@1 >= {t}" for t in THRESHOLDS) + " |",
-              "|---|" + "---:|" * len(THRESHOLDS)]
-    for label in dict.fromkeys(r["label"] for r in result["rows"]):
-        rows = [r for r in result["rows"] if r["label"] == label]
-        cells = []
-        for t in THRESHOLDS:
-            best = [best_speedup(rows, "P@1", t, f"speedup_b{b}") for b in (1, 256)]
-            cells.append(" / ".join(f"x{r[f'speedup_b{b}']:.2f}" if r else "-" for r, b in zip(best, (1, 256))))
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+              ""] + floor_table(result["rows"], "P@1", THRESHOLDS)
     reference = result.get("reference", {}).get("R_true@1")
     if reference:
-        floors = [round(reference - gap, 4) for gap in RECALL_GAPS]
         lines += ["", f"Best speedup over exact at an R_true@1 floor (the full softmax's {reference} minus "
-                      f"{', '.join(str(g) for g in RECALL_GAPS)}; batch 1 / batch 256):", "",
-                  "| method | " + " | ".join(f"R_true@1 >= {f}" for f in floors) + " |",
-                  "|---|" + "---:|" * len(floors)]
-        for label in dict.fromkeys(r["label"] for r in result["rows"]):
-            rows = [r for r in result["rows"] if r["label"] == label]
-            cells = []
-            for f in floors:
-                best = [best_speedup(rows, "R_true@1", f, f"speedup_b{b}") for b in (1, 256)]
-                cells.append(" / ".join(f"x{r[f'speedup_b{b}']:.2f}" if r else "-" for r, b in zip(best, (1, 256))))
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+                      f"{', '.join(str(g) for g in RECALL_GAPS)}; batch 1 / batch 256):", ""]
+        lines += floor_table(result["rows"], "R_true@1", [round(reference - gap, 4) for gap in RECALL_GAPS])
     return "\n".join(lines) + "\n"
+
+
+def floor_table(rows: list, metric: str, floors) -> list[str]:
+    """Markdown lines: per method label, the best batch-1 / batch-256 speedup among its rows whose metric
+    reaches each floor."""
+    lines = ["| method | " + " | ".join(f"{metric} >= {f}" for f in floors) + " |", "|---|" + "---:|" * len(floors)]
+    for label in dict.fromkeys(r["label"] for r in rows):
+        mine = [r for r in rows if r["label"] == label]
+        cells = []
+        for f in floors:
+            best = [best_speedup(mine, metric, f, f"speedup_b{b}") for b in (1, 256)]
+            cells.append(" / ".join(f"x{r[f'speedup_b{b}']:.2f}" if r else "-" for r, b in zip(best, (1, 256))))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def splice(readme: Path, name: str, text: str) -> None:

@@ -92,7 +92,7 @@ class _Adam:
 
 
 class HashTable:
-    """One table: a linear query hash (V (B, d), c (B,)) and each label's buckets."""
+    """One table's learned query hash: bucket scores H @ V.T + c, V (B, d), c (B,) float32."""
 
     def __init__(self, V: np.ndarray, c: np.ndarray):
         self.V, self.c = V, c
