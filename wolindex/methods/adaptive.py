@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from ..engine import Buckets, PackedRows, candidate_topk
 from ..engine.dispatch import merge_topk
 from ..params import BuildParams, CandidateSearchParams, check_int
+from ..teacher import teacher_topk
 from .base import Method
 from .frequency_clusters import check_cutoffs, choose_cutoffs, frequency_order
 from .registry import register
@@ -288,8 +289,5 @@ def _class_frequencies(layer, train, labels):
         return layer.class_counts, "class_counts"
     if labels is not None:
         return np.bincount(labels, minlength=layer.n_classes), "labels"
-    from ..engine import exact_topk
-
-    top1 = np.concatenate([exact_topk(layer.W, layer.b, train[lo:lo + 4096], 1)[1][:, 0]
-                           for lo in range(0, train.shape[0], 4096)])
+    top1 = teacher_topk(layer, train, 1, verbose=False)[0][:, 0]
     return np.bincount(top1, minlength=layer.n_classes), "exact top-1 of train"

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from ..engine import Buckets, PackedRows, candidate_topk
 from ..params import BuildParams, CandidateSearchParams, check_int
+from ..teacher import teacher_topk
 from .base import Method
 from .registry import register
 
@@ -183,8 +184,6 @@ class LSS(Method):
             raise ValueError("train: method 'lss' learns its hash from sample hidden states; pass train=H (N, d)")
         y = labels
         if y is None:
-            from ..teacher import teacher_topk
-
             y = teacher_topk(layer, train, 1, verbose)[0][:, 0]
         B = min(params.n_buckets, layer.n_classes)
         rng = np.random.default_rng(params.seed)
@@ -194,15 +193,15 @@ class LSS(Method):
             first, centroids = kmeans_buckets(layer.W, B, params.seed + t)
             table = HashTable(centroids, np.zeros(B, np.float32))
             bucket_lists = [np.flatnonzero(first == j) for j in range(B)]
-            recall = [_label_recall(table, bucket_lists, train, y, layer.n_classes)]
+            recall = [_label_recall(table, bucket_lists, train, y)]
             bar.update(1)
             losses = []
             for _ in range(params.rounds):
-                target = _target_buckets(bucket_lists, y, layer.n_classes, rng)
+                target = _target_buckets(bucket_lists, y, rng)
                 table.train(train, target, params.epochs, params.batch_size, params.lr, rng, losses.append)
                 bucket_lists = reassign(B, table.top(train, 1)[:, 0], y, layer.n_classes, params.max_copies,
                                         int(params.bucket_cap * layer.n_classes / B), first)
-                recall.append(_label_recall(table, bucket_lists, train, y, layer.n_classes))
+                recall.append(_label_recall(table, bucket_lists, train, y))
                 bar.update(1)
             history.append({"table": t, "train_label_in_top_bucket": recall,
                             "final_loss": float(np.mean(losses[-20:])) if losses else None})
@@ -241,7 +240,7 @@ class LSS(Method):
         return [{"n_probe": p} for p in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) if p <= B]
 
 
-def _target_buckets(bucket_lists, y, n_classes, rng) -> np.ndarray:
+def _target_buckets(bucket_lists, y, rng) -> np.ndarray:
     """Per query, a bucket holding its label (one of them, at random, when the label has several)."""
     owner = np.repeat(np.arange(len(bucket_lists)), [len(x) for x in bucket_lists])
     members = np.concatenate(bucket_lists)
@@ -252,7 +251,7 @@ def _target_buckets(bucket_lists, y, n_classes, rng) -> np.ndarray:
     return owner[start + (rng.random(y.shape[0]) * count).astype(np.int64)]
 
 
-def _label_recall(table, bucket_lists, H, y, n_classes) -> float:
+def _label_recall(table, bucket_lists, H, y) -> float:
     """Fraction of queries whose label is in their top-1 bucket."""
     landing = table.top(H, 1)[:, 0]
     owner = np.repeat(np.arange(len(bucket_lists)), [len(x) for x in bucket_lists])
