@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..engine import Buckets, PackedRows, candidate_topk
+from ..engine import Buckets, candidate_topk
 from ..engine.dispatch import merge_topk
 from ..params import BuildParams, CandidateSearchParams, check_int
 from ..teacher import teacher_topk
-from .base import Method
+from .base import BucketMethod
 from .frequency_clusters import check_cutoffs, choose_cutoffs, frequency_order
 from .registry import register
 
@@ -173,7 +173,7 @@ def padded_rows(mask: np.ndarray, offset: int = 0) -> np.ndarray:
 
 
 @register
-class AdaptiveSoftmax(Method):
+class AdaptiveSoftmax(BucketMethod):
     name = "adaptive"
     Build = AdaptiveBuild
     Search = AdaptiveSearch
@@ -181,10 +181,8 @@ class AdaptiveSoftmax(Method):
 
     def __init__(self, layer, arrays=None, state=None):
         """From built (or loaded) arrays: bucket 0 is the head, buckets 1.. the tail's bounding blocks."""
-        super().__init__(arrays, state)
+        super().__init__(layer, arrays, state)
         a = self.arrays
-        self.buckets = Buckets(a["indptr"], a["indices"])
-        self.buckets.validate(layer.n_classes)
         n_blocks = self.buckets.n_buckets - 1
         ptr = a["cluster_ptr"]
         n_clusters = ptr.shape[0] - 1
@@ -197,7 +195,6 @@ class AdaptiveSoftmax(Method):
         if np.unique(self.buckets.indices).size != layer.n_classes or self.buckets.indices.size != layer.n_classes:
             raise ValueError("adaptive: head and blocks must hold every class exactly once")
         self.block_cluster = np.repeat(np.arange(n_clusters), np.diff(ptr))
-        self.packed = PackedRows.of(self.buckets, layer.W, layer.b)
 
     @classmethod
     def build(cls, layer, params, train, labels, verbose):
@@ -231,10 +228,6 @@ class AdaptiveSoftmax(Method):
         state = {"cutoffs": [int(x) for x in cutoffs], "cutoffs_from": source_cut, "frequencies_from": source,
                  "head": head, "n_clusters": int(cutoffs.size), "n_blocks": len(blocks),
                  "gate_rmse_mean": float(rmse.mean())}
-        return cls(layer, arrays, state)
-
-    @classmethod
-    def restore(cls, layer, arrays, state):
         return cls(layer, arrays, state)
 
     def _opened_blocks(self, layer, H, threshold, params) -> np.ndarray:
@@ -271,10 +264,6 @@ class AdaptiveSoftmax(Method):
                                                 **common)
         scores, labels = merge_topk(head_s, head_l, tail_s, tail_l)
         return scores, labels, head_n + tail_n
-
-    def nbytes(self) -> int:
-        """Saved arrays plus the packed copy of W kept in memory for speed."""
-        return super().nbytes() + self.packed.W.nbytes + self.packed.b.nbytes + self.packed.row_of.nbytes
 
     def tuning_grid(self, k):
         grid = [{"mode": "approximate", "margin": m, "beat_rank": r}

@@ -5,6 +5,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..engine import Buckets, PackedRows
 from ..layer import OutputLayer
 from ..params import BuildParams, SearchParams
 
@@ -46,3 +47,24 @@ class Method:
     def nbytes(self) -> int:
         """Bytes of the method's own arrays (the layer not included)."""
         return int(sum(a.nbytes for a in self.arrays.values()))
+
+
+class BucketMethod(Method):
+    """A method whose index is buckets of classes (CSR `indptr`, `indices` among its arrays), checked on
+    construction, with the buckets' rows of W kept packed in memory for speed. Subclasses construct with
+    (layer, arrays, state), call this __init__ first, then check their own arrays."""
+
+    def __init__(self, layer: OutputLayer, arrays: dict[str, np.ndarray] | None = None,
+                 state: dict[str, Any] | None = None):
+        super().__init__(arrays, state)
+        self.buckets = Buckets(self.arrays["indptr"], self.arrays["indices"])
+        self.buckets.validate(layer.n_classes)
+        self.packed = PackedRows.of(self.buckets, layer.W, layer.b)
+
+    @classmethod
+    def restore(cls, layer, arrays, state):
+        return cls(layer, arrays, state)
+
+    def nbytes(self) -> int:
+        """Saved arrays plus the packed copy of the buckets' rows of W."""
+        return super().nbytes() + self.packed.W.nbytes + self.packed.b.nbytes + self.packed.row_of.nbytes

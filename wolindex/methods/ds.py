@@ -9,7 +9,7 @@ import numpy as np
 from ..engine import Buckets, PackedRows, candidate_topk
 from ..params import BuildParams, CandidateSearchParams, check_int
 from ..teacher import teacher_topk
-from .base import Method
+from .base import BucketMethod
 from .ds_training import DSTrainer, Gate, TrainConfig
 from .registry import register
 
@@ -98,24 +98,21 @@ class DSSearch(CandidateSearchParams):
 
 
 @register
-class DSSoftmax(Method):
+class DSSoftmax(BucketMethod):
     name = "ds"
     Build = DSBuild
     Search = DSSearch
 
     def __init__(self, layer, arrays=None, state=None):
         """From trained (or loaded) arrays: checked, since a damaged file must not reach the kernels."""
-        super().__init__(arrays, state)
+        super().__init__(layer, arrays, state)
         a = self.arrays
-        self.buckets = Buckets(a["indptr"], a["indices"])
-        self.buckets.validate(layer.n_classes)
         self.gate = Gate.from_arrays({k[len("gate."):]: v for k, v in a.items() if k.startswith("gate.")},
                                      self.state["gate_hidden"])
         gate_in = self.state["gate_hidden"] or layer.dim
         if self.gate.params["U"].shape != (self.buckets.n_buckets, gate_in):
             raise ValueError(f"ds: gate of shape {self.gate.params['U'].shape} does not fit "
                              f"{self.buckets.n_buckets} experts over inputs of size {gate_in}")
-        self.packed = PackedRows.of(self.buckets, layer.W, layer.b)
         self.adapted = None
         if "adapted_W" in a:
             self.adapted = PackedRows.from_arrays(a["adapted_W"], a["adapted_b"])
@@ -144,10 +141,6 @@ class DSSoftmax(Method):
                  "training": trainer.history}
         return cls(layer, arrays, state)
 
-    @classmethod
-    def restore(cls, layer, arrays, state):
-        return cls(layer, arrays, state)
-
     def search(self, layer, H, k, params):
         if params.n_probe > self.buckets.n_buckets:
             raise ValueError(f"n_probe: at most {self.buckets.n_buckets} (the number of experts), got {params.n_probe}")
@@ -157,10 +150,6 @@ class DSSoftmax(Method):
         rows = self.packed if params.scoring == "exact" else self.adapted
         return candidate_topk(layer.W, layer.b, H, k, self.buckets, probes, engine=params.engine,
                               path=params.path, packed=rows)
-
-    def nbytes(self) -> int:
-        """Saved arrays plus the packed copy of the experts' rows of W kept in memory for speed."""
-        return super().nbytes() + self.packed.W.nbytes + self.packed.b.nbytes + self.packed.row_of.nbytes
 
     def tuning_grid(self, k):
         return [{"n_probe": m} for m in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32) if m <= self.buckets.n_buckets]

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..engine import Buckets, PackedRows, candidate_topk
+from ..engine import Buckets, candidate_topk
 from ..params import BuildParams, CandidateSearchParams, check_int
 from ..teacher import teacher_topk
-from .base import Method
+from .base import BucketMethod
 from .registry import register
 
 
@@ -162,21 +162,18 @@ def reassign(n_buckets: int, landing: np.ndarray, y: np.ndarray, n_classes: int,
 
 
 @register
-class LSS(Method):
+class LSS(BucketMethod):
     name = "lss"
     Build = LSSBuild
     Search = LSSSearch
 
     def __init__(self, layer, arrays=None, state=None):
-        super().__init__(arrays, state)
+        super().__init__(layer, arrays, state)
         a = self.arrays
-        self.buckets = Buckets(a["indptr"], a["indices"])
-        self.buckets.validate(layer.n_classes)
         L, B = self.state["n_tables"], self.state["n_buckets"]
         if self.buckets.n_buckets != L * B or a["hash_V"].shape != (L * B, layer.dim) or a["hash_c"].shape != (L * B,):
             raise ValueError(f"lss: arrays do not describe {L} tables of {B} buckets over d={layer.dim}")
         self.tables = [HashTable(a["hash_V"][t * B:(t + 1) * B], a["hash_c"][t * B:(t + 1) * B]) for t in range(L)]
-        self.packed = PackedRows.of(self.buckets, layer.W, layer.b)
 
     @classmethod
     def build(cls, layer, params, train, labels, verbose):
@@ -217,10 +214,6 @@ class LSS(Method):
                  "training": history}
         return cls(layer, arrays, state)
 
-    @classmethod
-    def restore(cls, layer, arrays, state):
-        return cls(layer, arrays, state)
-
     def probes(self, H: np.ndarray, n_probe: int) -> np.ndarray:
         """(N, L * n_probe) int32 bucket ids (table t's buckets offset by t * B)."""
         B = self.state["n_buckets"]
@@ -231,9 +224,6 @@ class LSS(Method):
             raise ValueError(f"n_probe: at most {self.state['n_buckets']} (buckets per table), got {params.n_probe}")
         return candidate_topk(layer.W, layer.b, H, k, self.buckets, self.probes(H, params.n_probe),
                               engine=params.engine, path=params.path, packed=self.packed)
-
-    def nbytes(self) -> int:
-        return super().nbytes() + self.packed.W.nbytes + self.packed.b.nbytes + self.packed.row_of.nbytes
 
     def tuning_grid(self, k):
         B = self.state["n_buckets"]
