@@ -46,6 +46,14 @@ def check_int(name: str, value, low: int, high: int | None = None) -> None:
         raise ValueError(f"{name}: expected an int {rng}, got {value}")
 
 
+def check_number(name: str, value, allow_zero: bool = False) -> None:
+    """value must be a real number > 0 (>= 0 with allow_zero); NaN is refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+    if not (value >= 0 if allow_zero else value > 0):
+        raise ValueError(f"{name}: expected a number {'>=' if allow_zero else '>'} 0, got {value}")
+
+
 @dataclass(frozen=True)
 class BuildParams(Params):
     """Base of every builder's settings (the exact method has none)."""

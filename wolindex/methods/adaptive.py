@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..engine import Buckets, candidate_topk
 from ..engine.dispatch import merge_topk
-from ..params import BuildParams, CandidateSearchParams, check_int
+from ..params import BuildParams, CandidateSearchParams, check_int, check_number
 from ..teacher import teacher_topk
 from .base import BucketMethod
 from .frequency_clusters import check_cutoffs, choose_cutoffs, frequency_order
@@ -53,8 +53,7 @@ class AdaptiveBuild(BuildParams):
         check_int("seed", self.seed, 0)
         if self.gate_target not in GATE_TARGETS:
             raise ValueError(f"gate_target: expected one of {GATE_TARGETS}, got {self.gate_target!r}")
-        if isinstance(self.ridge, bool) or not isinstance(self.ridge, (int, float)) or not self.ridge >= 0:
-            raise ValueError(f"ridge: expected a number >= 0, got {self.ridge!r}")
+        check_number("ridge", self.ridge, allow_zero=True)
         if self.cutoffs is not None:
             if isinstance(self.cutoffs, (str, bytes)) or not all(
                     isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in self.cutoffs):

@@ -7,20 +7,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..engine import Buckets, PackedRows, candidate_topk
-from ..params import BuildParams, CandidateSearchParams, check_int
+from ..params import BuildParams, CandidateSearchParams, check_int, check_number
 from ..teacher import teacher_topk
 from .base import BucketMethod
 from .ds_training import DSTrainer, Gate, TrainConfig
 from .registry import register
 
 SCORINGS = ("exact", "adapted")
-
-
-def _check_positive(name: str, value, allow_zero: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name}: expected a number {'>=' if allow_zero else '>'} 0, got {value}")
 
 
 @dataclass(frozen=True)
@@ -73,10 +66,10 @@ class DSBuild(BuildParams):
         check_int("gate_hidden", self.gate_hidden, 0)
         check_int("seed", self.seed, 0)
         for name in ("epochs_per_stage", "gate_lr", "expert_lr"):
-            _check_positive(name, getattr(self, name))
+            check_number(name, getattr(self, name))
         for name in ("final_epochs", "lasso", "prune_below", "balance", "label_weight", "distill_weight",
                      "split_margin", "capacity_factor"):
-            _check_positive(name, getattr(self, name), allow_zero=True)
+            check_number(name, getattr(self, name), allow_zero=True)
         if not isinstance(self.keep_adapted, bool):
             raise TypeError(f"keep_adapted: expected a bool, got {type(self.keep_adapted).__name__}")
 

@@ -15,7 +15,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..engine import Buckets, candidate_topk
-from ..params import BuildParams, CandidateSearchParams, check_int
+from ..params import BuildParams, CandidateSearchParams, check_int, check_number
 from ..teacher import teacher_topk
 from .base import BucketMethod
 from .registry import register
@@ -46,12 +46,9 @@ class LSSBuild(BuildParams):
         check_int("batch_size", self.batch_size, 1)
         check_int("max_copies", self.max_copies, 1)
         check_int("seed", self.seed, 0)
-        if isinstance(self.bucket_cap, bool) or not isinstance(self.bucket_cap, (int, float)) or self.bucket_cap < 0:
-            raise ValueError(f"bucket_cap: expected a number >= 0, got {self.bucket_cap!r}")
-        for name in ("epochs", "lr"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{name}: expected a number > 0, got {value!r}")
+        check_number("bucket_cap", self.bucket_cap, allow_zero=True)
+        check_number("epochs", self.epochs)
+        check_number("lr", self.lr)
 
 
 @dataclass(frozen=True)

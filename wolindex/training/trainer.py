@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 
 from ..arrays import as_queries, to_numpy
 from ..layer import OutputLayer
-from ..params import check_int
+from ..params import check_int, check_number
 from .layers import FactoredLayer, NaiveLayer
 from .losses import check_loss
 
@@ -89,8 +89,7 @@ def train(W, b, H, targets, *, values=None, loss: str = "spherical", epsilon: fl
     check_int("batch_size", batch_size, 1)
     check_int("check_every", check_every, 1)
     for name, value in (("lr", lr), ("epsilon", epsilon), ("refactor_cond", refactor_cond or 1.0)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ValueError(f"{name}: expected a number > 0, got {value!r}")
+        check_number(name, value)
     if algorithm == "factored":
         state = FactoredLayer(layer.W, layer.b, loss, epsilon, DTYPES[dtype], refactor_cond, check_every)
     else:
