@@ -9,10 +9,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from .params import check_int
 
 DATA_ENV = "WOLINDEX_DATA"
 CACHE_ENV = "WOLINDEX_CACHE"
@@ -58,22 +62,43 @@ def debian_lm_100k_path() -> Path | None:
     return folder if (folder / "W.npy").exists() else None
 
 
-def debian_lm_100k() -> Dataset:
-    """The debian-lm-100k layer; test split = the card's validation split (25,600 queries)."""
+def debian_lm_100k(extra_train: int = 0, extra_seed: int = 2) -> Dataset:
+    """The debian-lm-100k layer; test split = the card's validation split (25,600 queries).
+
+    extra_train: this many more training rows (hidden states of the train text with their next words)
+    appended to the shipped 153,600, drawn by the folder's hidden.py with seed extra_seed into the cache
+    folder on first use (about 8 minutes per million rows on 2 cores)."""
     folder = debian_lm_100k_path()
     if folder is None:
         raise FileNotFoundError(f"debian-lm-100k: set {DATA_ENV} to the folder that holds debian-lm-100k/")
     W = np.load(folder / "W.npy", mmap_mode="r")
     with np.load(folder / "tokens_train.npz") as z:
         counts = np.bincount(z["tokens"], minlength=W.shape[0]).astype(np.int64)
+    H_train, y_train = np.load(folder / "H_train.npy", mmap_mode="r"), np.load(folder / "y_train.npy")
+    if extra_train:
+        more = drawn_train_rows(folder, extra_train, extra_seed)
+        H_train = np.concatenate([H_train, np.load(more / "H.npy", mmap_mode="r")[:extra_train]])
+        y_train = np.concatenate([y_train, np.load(more / "y.npy")[:extra_train]])
     return Dataset(
-        name="debian-lm-100k", W=W, b=np.load(folder / "b.npy"),
-        H_train=np.load(folder / "H_train.npy", mmap_mode="r"), y_train=np.load(folder / "y_train.npy"),
+        name="debian-lm-100k", W=W, b=np.load(folder / "b.npy"), H_train=H_train, y_train=y_train,
         H_test=np.load(folder / "H_valid.npy", mmap_mode="r"), y_test=np.load(folder / "y_valid.npy"),
         class_counts=counts,
-        description="word-level transformer LM on Debian text, D=100,000, d=256 (float16 weights)",
+        description="word-level transformer LM on Debian text, D=100,000, d=256 (float16 weights)"
+                    + (f", {len(y_train):,} training rows" if extra_train else ""),
         reference={"R_true@1": 0.3014, "R_true@5": 0.4846, "R_true@10": 0.5604},
     )
+
+
+def drawn_train_rows(folder: Path, n: int, seed: int) -> Path:
+    """The cache folder holding H.npy / y.npy with at least n rows drawn by folder/hidden.py (seed), made now
+    when missing."""
+    check_int("extra_train", n, 1)
+    check_int("extra_seed", seed, 0)
+    out = cache_dir() / f"debian-lm-100k-more-n{n}-seed{seed}"
+    if not (out / "y.npy").exists():
+        subprocess.run([sys.executable, str(folder / "hidden.py"), "--n", str(n), "--seed", str(seed),
+                        "--out", str(out)], check=True)
+    return out
 
 
 def cache_dir() -> Path:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..engine import Buckets, candidate_topk
+from ..engine import Buckets, candidate_topk, exact_topk
 from ..params import BuildParams, CandidateSearchParams, check_int, check_number
 from ..teacher import teacher_topk
 from .base import BucketMethod
@@ -76,8 +76,8 @@ def _softmax_ce_grad(scores: np.ndarray, target: np.ndarray):
 class _Adam:
     def __init__(self, shapes, lr):
         self.lr, self.t = lr, 0
-        self.m = [np.zeros(s) for s in shapes]
-        self.v = [np.zeros(s) for s in shapes]
+        self.m = [np.zeros(s, np.float32) for s in shapes]
+        self.v = [np.zeros(s, np.float32) for s in shapes]
 
     def step(self, params, grads):
         self.t += 1
@@ -95,30 +95,24 @@ class HashTable:
     def __init__(self, V: np.ndarray, c: np.ndarray):
         self.V, self.c = V, c
 
-    def scores(self, H: np.ndarray) -> np.ndarray:
-        return H @ self.V.T + self.c
-
-    def top(self, H: np.ndarray, n: int) -> np.ndarray:
-        """(N, n) int32: the n best buckets per query."""
-        s = self.scores(H)
-        n = min(n, s.shape[1])
-        part = np.argpartition(-s, n - 1, axis=1)[:, :n]
-        order = np.argsort(-np.take_along_axis(s, part, 1), axis=1, kind="stable")
-        return np.take_along_axis(part, order, 1).astype(np.int32)
+    def landing(self, H: np.ndarray, block: int = 65536) -> np.ndarray:
+        """(N,) int64: each query's best bucket (computed `block` queries at a time)."""
+        return np.concatenate([np.argmax(H[i:i + block] @ self.V.T + self.c, axis=1)
+                               for i in range(0, H.shape[0], block)])
 
     def train(self, H, target_bucket_of_query, epochs, batch_size, lr, rng, progress):
-        """Adam on the mean cross-entropy of the hash toward each query's target bucket."""
-        V, c = self.V.astype(np.float64), self.c.astype(np.float64)
+        """Adam on the mean cross-entropy of the hash toward each query's target bucket (float32)."""
+        V, c = self.V.copy(), self.c.copy()
         opt = _Adam([V.shape, c.shape], lr)
         n_steps = max(1, int(round(epochs * H.shape[0] / batch_size)))
         order = np.concatenate([rng.permutation(H.shape[0]) for _ in range(int(np.ceil(epochs)) + 1)])
         for step in range(n_steps):
             rows = order[step * batch_size:(step + 1) * batch_size]
-            X = H[rows].astype(np.float64)
+            X = np.asarray(H[rows], np.float32)
             loss, g = _softmax_ce_grad(X @ V.T + c, target_bucket_of_query[rows])
             opt.step([V, c], [g.T @ X, g.sum(axis=0)])
             progress(loss)
-        self.V, self.c = V.astype(np.float32), c.astype(np.float32)
+        self.V, self.c = V, c
 
 
 def kmeans_buckets(W: np.ndarray, n_buckets: int, seed: int):
@@ -170,7 +164,8 @@ class LSS(BucketMethod):
         L, B = self.state["n_tables"], self.state["n_buckets"]
         if self.buckets.n_buckets != L * B or a["hash_V"].shape != (L * B, layer.dim) or a["hash_c"].shape != (L * B,):
             raise ValueError(f"lss: arrays do not describe {L} tables of {B} buckets over d={layer.dim}")
-        self.tables = [HashTable(a["hash_V"][t * B:(t + 1) * B], a["hash_c"][t * B:(t + 1) * B]) for t in range(L)]
+        self.hash_V = np.ascontiguousarray(a["hash_V"], np.float32)
+        self.hash_c = np.ascontiguousarray(a["hash_c"], np.float32)
 
     @classmethod
     def build(cls, layer, params, train, labels, verbose):
@@ -193,7 +188,7 @@ class LSS(BucketMethod):
             for _ in range(params.rounds):
                 target = _target_buckets(bucket_lists, y, rng)
                 table.train(train, target, params.epochs, params.batch_size, params.lr, rng, losses.append)
-                bucket_lists = reassign(B, table.top(train, 1)[:, 0], y, layer.n_classes, params.max_copies,
+                bucket_lists = reassign(B, table.landing(train), y, layer.n_classes, params.max_copies,
                                         int(params.bucket_cap * layer.n_classes / B), first)
                 recall.append(_label_recall(table, bucket_lists, train, y))
                 bar.update(1)
@@ -211,15 +206,21 @@ class LSS(BucketMethod):
                  "training": history}
         return cls(layer, arrays, state)
 
-    def probes(self, H: np.ndarray, n_probe: int) -> np.ndarray:
-        """(N, L * n_probe) int32 bucket ids (table t's buckets offset by t * B)."""
-        B = self.state["n_buckets"]
-        return np.concatenate([tb.top(H, n_probe) + t * B for t, tb in enumerate(self.tables)], axis=1)
+    def probes(self, H: np.ndarray, n_probe: int, engine: str = "numba") -> np.ndarray:
+        """(N, L * n_probe) int32 bucket ids: table t's top-n_probe buckets (best first) offset by t * B. The
+        top buckets of a table are an exact top-k search over its hash rows, done by the query engine (no
+        BLAS call, whose threads would contend with the engine's at small batches)."""
+        L, B = self.state["n_tables"], self.state["n_buckets"]
+        return np.concatenate([exact_topk(self.hash_V[t * B:(t + 1) * B], self.hash_c[t * B:(t + 1) * B], H, n_probe,
+                                          engine)[1] + t * B for t in range(L)], axis=1).astype(np.int32)
 
-    def search(self, layer, H, k, params):
+    def check_search(self, params) -> None:
         if params.n_probe > self.state["n_buckets"]:
             raise ValueError(f"n_probe: at most {self.state['n_buckets']} (buckets per table), got {params.n_probe}")
-        return candidate_topk(layer.W, layer.b, H, k, self.buckets, self.probes(H, params.n_probe),
+
+    def search(self, layer, H, k, params):
+        self.check_search(params)
+        return candidate_topk(layer.W, layer.b, H, k, self.buckets, self.probes(H, params.n_probe, params.engine),
                               engine=params.engine, path=params.path, packed=self.packed)
 
     def tuning_grid(self, k):
@@ -240,7 +241,7 @@ def _target_buckets(bucket_lists, y, rng) -> np.ndarray:
 
 def _label_recall(table, bucket_lists, H, y) -> float:
     """Fraction of queries whose label is in their top-1 bucket."""
-    landing = table.top(H, 1)[:, 0]
+    landing = table.landing(H)
     owner = np.repeat(np.arange(len(bucket_lists)), [len(x) for x in bucket_lists])
     member = np.concatenate(bucket_lists).astype(np.int64) * len(bucket_lists) + owner
     return float(np.isin(y.astype(np.int64) * len(bucket_lists) + landing, member).mean())
