@@ -150,3 +150,23 @@ def test_failed_write_leaves_old_index(tmp_path, index, monkeypatch):
         index.save(tmp_path / "i.wol")
     assert (tmp_path / "i.wol").read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["i.wol"]
+
+
+def test_saved_without_layer_needs_the_same_layer(tmp_path, index):
+    """with_layer=False writes the method's arrays only; loading takes the layer back and checks it is
+    the one the index was built on."""
+    index.save(tmp_path / "method.wol", with_layer=False)
+    assert not any(n.startswith("layer.") for n in zipfile.ZipFile(tmp_path / "method.wol").namelist())
+    loaded = wolindex.load(tmp_path / "method.wol", layer=index.layer)
+    for a, c in zip(index.search(H, 9), loaded.search(H, 9)):
+        np.testing.assert_array_equal(a, c)
+    with pytest.raises(ValueError, match="saved without its layer"):
+        wolindex.load(tmp_path / "method.wol")
+    other = wolindex.OutputLayer.from_arrays(W + 1, b, np.arange(500))
+    with pytest.raises(ValueError, match="not the layer"):
+        wolindex.load(tmp_path / "method.wol", layer=other)
+    with pytest.raises(ValueError, match="expected D=500"):
+        wolindex.load(tmp_path / "method.wol", layer=wolindex.OutputLayer.from_arrays(W[:9], b[:9]))
+    index.save(tmp_path / "full.wol")
+    with pytest.raises(ValueError, match="holds its own layer"):
+        wolindex.load(tmp_path / "full.wol", layer=index.layer)

@@ -59,6 +59,15 @@ class Index:
         out = (scores, labels) + ((n_scored,) if return_n_scored else ())
         return out + ((self.layer.spherical_probs(Q, scores),) if return_probs else ())
 
+    def to(self, device: str = "cuda", dtype: str = "float32"):
+        """This index on `device`: 'cpu' gives itself; 'cuda' or 'cuda:N' a wolindex.gpu.GpuIndex searched on
+        that NVIDIA GPU (needs CuPy), its rows stored in dtype 'float32', 'float16' or 'bfloat16'."""
+        if device == "cpu":
+            return self
+        from .gpu import to_device
+
+        return to_device(self, device, dtype)
+
     def tune(self, H_val, k: int = 10, **options: Any) -> dict[str, Any]:
         """Make the cheapest search setting that meets a target on held-out queries the default:
         ``index.tune(H_val, target_p1=0.99)`` or ``index.tune(H_val, target_recall=0.30, labels=y_val)``.
@@ -67,11 +76,12 @@ class Index:
 
         return tune(self, H_val, k, **options)
 
-    def save(self, path) -> None:
-        """Write the index to a folder, or to a single uncompressed zip when path ends in .zip or .wol."""
+    def save(self, path, with_layer: bool = True) -> None:
+        """Write the index to a folder, or to a single uncompressed zip when path ends in .zip or .wol;
+        with_layer=False leaves out W and b (then wolindex.load needs layer=...)."""
         from .io import save_index
 
-        save_index(self, path)
+        save_index(self, path, with_layer)
 
     def nbytes(self) -> int:
         """Bytes held by the index: the layer plus the method's arrays."""

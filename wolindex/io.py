@@ -43,9 +43,17 @@ class _HashingWriter:
         return self.f.write(data)
 
 
-def _arrays_of(index: Index) -> dict[str, np.ndarray]:
-    arrays = {"layer.W": index.layer.W, "layer.b": index.layer.b}
-    if index.layer.class_counts is not None:
+def layer_fingerprint(layer: OutputLayer) -> str:
+    """SHA-256 over the layer's W, b and class_counts bytes (identifies the layer an index was built on)."""
+    sha = hashlib.sha256()
+    for a in (layer.W, layer.b) + ((layer.class_counts,) if layer.class_counts is not None else ()):
+        sha.update(np.ascontiguousarray(a).data)
+    return sha.hexdigest()
+
+
+def _arrays_of(index: Index, with_layer: bool) -> dict[str, np.ndarray]:
+    arrays = {"layer.W": index.layer.W, "layer.b": index.layer.b} if with_layer else {}
+    if with_layer and index.layer.class_counts is not None:
         arrays["layer.class_counts"] = index.layer.class_counts
     for name, a in index.method.arrays.items():
         arrays[f"method.{name}"] = a
@@ -56,6 +64,7 @@ def _arrays_of(index: Index) -> dict[str, np.ndarray]:
 
 
 def _meta_of(index: Index, entries: dict) -> dict:
+    external = "layer.W" not in entries
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -69,6 +78,8 @@ def _meta_of(index: Index, entries: dict) -> dict:
         "dim": index.dim,
         "scoring": index.layer.scoring,
         "epsilon": index.layer.epsilon,
+        "layer": "external" if external else "included",
+        **({"layer_sha256": layer_fingerprint(index.layer)} if external else {}),
         "arrays": entries,
     }
 
@@ -112,12 +123,16 @@ def _is_index_folder(path: Path) -> bool:
     return (path / META).is_file()
 
 
-def save_index(index: Index, path) -> None:
+def save_index(index: Index, path, with_layer: bool = True) -> None:
     """Write `index` to `path` atomically: a zip if path ends in .zip / .wol, else a folder.
 
-    An existing folder is replaced only if it is itself an index (holds meta.json)."""
+    with_layer=False leaves W, b and class_counts out (the method's arrays only, with the layer's SHA-256):
+    load_index then needs the same layer passed in. An existing folder is replaced only if it is itself
+    an index (holds meta.json)."""
+    if not isinstance(with_layer, bool):
+        raise TypeError(f"with_layer: expected a bool, got {type(with_layer).__name__}")
     path = Path(path)
-    arrays = _arrays_of(index)
+    arrays = _arrays_of(index, with_layer)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:12]}"
     as_zip = path.suffix.lower() in _ZIP_SUFFIXES
     if path.is_dir() and (as_zip or not (_is_index_folder(path) or not any(path.iterdir()))):
@@ -226,9 +241,10 @@ def _read_array(where: str, offset: int, length: int, entry: dict, mmap: bool, n
         return np.fromfile(f, dtype=dtype, count=int(np.prod(shape, dtype=np.int64))).reshape(shape)
 
 
-def load_index(path, mmap: bool = False, verify: bool = True) -> Index:
+def load_index(path, mmap: bool = False, verify: bool = True, layer: OutputLayer | None = None) -> Index:
     """Read an index written by Index.save. mmap=True maps arrays read-only instead of reading them;
-    verify=False skips the SHA-256 check (which reads every byte once)."""
+    verify=False skips the SHA-256 checks (which read every byte once); layer: the OutputLayer of an index
+    saved with_layer=False (its fingerprint is checked unless verify=False)."""
     path = Path(path)
     if path.is_dir():
         store = _Folder(path)
@@ -255,7 +271,12 @@ def load_index(path, mmap: bool = False, verify: bool = True) -> Index:
         if verify and _sha256_of(where, offset, length) != entry["sha256"]:
             raise ValueError(f"path: {path}: checksum mismatch in {entry['file']} (file damaged or altered)")
         arrays[name] = _read_array(where, offset, length, entry, mmap, name)
-    layer = _layer_of(arrays, meta, path)
+    if meta.get("layer", "included") == "external":
+        layer = _external_layer(layer, meta, path, verify)
+    elif layer is not None:
+        raise ValueError(f"layer: {path} holds its own layer; pass layer only for indexes saved with_layer=False")
+    else:
+        layer = _layer_of(arrays, meta, path)
     method = method_cls.restore(layer, {n[len("method."):]: a for n, a in arrays.items() if n.startswith("method.")},
                                 meta["method_state"])
     build_params = method_cls.Build.from_dict(meta["build_params"])
@@ -272,3 +293,17 @@ def _layer_of(arrays: dict, meta: dict, path: Path) -> OutputLayer:
     scoring, epsilon = meta.get("scoring", "logit"), meta.get("epsilon", 0.0)
     check_scoring(scoring, epsilon)
     return OutputLayer(W, b, counts, scoring, epsilon)
+
+
+def _external_layer(layer, meta: dict, path: Path, verify: bool) -> OutputLayer:
+    if not isinstance(layer, OutputLayer):
+        raise ValueError(f"layer: {path} was saved without its layer; pass the OutputLayer it was built on "
+                         f"(wolindex.OutputLayer.from_arrays(W, b, class_counts))")
+    if layer.n_classes != meta["n_classes"] or layer.dim != meta["dim"] or layer.scoring != meta.get("scoring") \
+            or layer.epsilon != meta.get("epsilon"):
+        raise ValueError(f"layer: expected D={meta['n_classes']}, d={meta['dim']}, scoring={meta.get('scoring')!r}, "
+                         f"epsilon={meta.get('epsilon')} as in {path}, got D={layer.n_classes}, d={layer.dim}, "
+                         f"scoring={layer.scoring!r}, epsilon={layer.epsilon}")
+    if verify and layer_fingerprint(layer) != meta.get("layer_sha256"):
+        raise ValueError(f"layer: not the layer {path} was built on (SHA-256 of W, b, class_counts differs)")
+    return layer
