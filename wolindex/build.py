@@ -11,9 +11,11 @@ from .index import Index
 from .layer import OutputLayer
 from .methods import METHODS, get_method
 
+BACKENDS = ("cpu", "cupy")
+
 
 def build(W, b=None, method: str = "exact", *, train=None, labels=None, class_counts=None,
-          scoring: str = "logit", epsilon: float = 0.0, verbose: bool = True, **params: Any) -> Index:
+          scoring: str = "logit", epsilon: float = 0.0, backend: str = "cpu", verbose: bool = True, **params: Any):
     """Build an index over the output layer ``logits = H @ W.T + b``.
 
     W: (D, d) array from any framework (or an OutputLayer, then b and class_counts must be None);
@@ -21,7 +23,10 @@ def build(W, b=None, method: str = "exact", *, train=None, labels=None, class_co
     labels: (N,) their true class ids, for learned builders; class_counts: (D,) training frequencies;
     scoring: 'logit' (softmax layers) or 'spherical' (spherical softmax with `epsilon`: classes ranked by
     (w.h + b)^2, and search(..., return_probs=True) available); params: the method's build settings (see
-    wolindex.METHODS[method].Build)."""
+    wolindex.METHODS[method].Build); backend: 'cpu' (an Index) or 'cupy' (the built Index moved to the
+    first GPU, float32 rows: a wolindex.gpu.GpuIndex; see Index.to)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
     if isinstance(W, OutputLayer):
         if b is not None or class_counts is not None or scoring != "logit" or epsilon != 0.0:
             raise ValueError("b / class_counts / scoring / epsilon: pass them inside the OutputLayer, not beside it")
@@ -46,4 +51,5 @@ def build(W, b=None, method: str = "exact", *, train=None, labels=None, class_co
         "built_with": f"wolindex {__version__}",
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    return Index(layer, built, build_params, info=info)
+    index = Index(layer, built, build_params, info=info)
+    return index.to("cuda") if backend == "cupy" else index

@@ -229,34 +229,40 @@ class AdaptiveSoftmax(BucketMethod):
                  "gate_rmse_mean": float(rmse.mean())}
         return cls(layer, arrays, state)
 
-    def _opened_blocks(self, layer, H, threshold, params) -> np.ndarray:
+    def opened_blocks(self, layer, H, threshold, params, xp=np, arrays=None, block_cluster=None):
         """(N, B) bool: tail blocks that may hold a class whose score (o, or o^2 on spherical layers)
-        reaches threshold (N,)."""
-        a = self.arrays
+        reaches threshold (N,). xp, arrays, block_cluster: the array module and this method's gate_* /
+        block_* arrays and block_cluster on the device holding H (default: NumPy and its own)."""
+        a = self.arrays if arrays is None else arrays
         if params.mode == "certified":
-            H64 = H.astype(np.float64)
-            norm_h = np.linalg.norm(H64, axis=1)[:, None]
-            centre = H64 @ a["block_centre"].T.astype(np.float64)
+            H64 = H.astype(xp.float64)
+            norm_h = xp.linalg.norm(H64, axis=1)[:, None]
+            centre = H64 @ a["block_centre"].T.astype(xp.float64)
             spread = a["block_radius"] * norm_h
             upper, lower = centre + spread + a["block_bias_max"], centre - spread + a["block_bias_min"]
-            slack = (H.shape[1] + 4) * UNIT_ROUNDOFF * (a["block_norm_max"] * norm_h + np.abs(centre) + spread
-                                                         + np.maximum(np.abs(a["block_bias_max"]),
-                                                                      np.abs(a["block_bias_min"])))
+            slack = (H.shape[1] + 4) * UNIT_ROUNDOFF * (a["block_norm_max"] * norm_h + xp.abs(centre) + spread
+                                                         + xp.maximum(xp.abs(a["block_bias_max"]),
+                                                                      xp.abs(a["block_bias_min"])))
             if layer.square:
-                reach = np.maximum(np.abs(upper), np.abs(lower)) + slack
+                reach = xp.maximum(xp.abs(upper), xp.abs(lower)) + slack
                 return reach * reach * (1 + 4 * UNIT_ROUNDOFF) >= threshold[:, None]
             return upper + slack >= threshold[:, None]
         gates = H @ a["gate_V"].T + a["gate_c"]
-        level = np.where(np.isneginf(threshold), -np.inf, log_scores(threshold, layer))  # -inf: fewer than k
-        return (gates + np.float32(params.margin) >= level[:, None])[:, self.block_cluster]
+        level = xp.where(xp.isneginf(threshold), -xp.inf, log_scores(threshold, layer))  # -inf: fewer than k
+        blocks = self.block_cluster if block_cluster is None else block_cluster
+        return (gates + xp.float32(params.margin) >= level[:, None])[:, blocks]
+
+    @staticmethod
+    def threshold_rank(k, params) -> int:
+        """Which of the head's k scores a tail block must be able to reach (1 = the best)."""
+        return k if params.mode == "certified" or params.beat_rank == 0 else min(k, params.beat_rank)
 
     def search(self, layer, H, k, params):
         N = H.shape[0]
         common = dict(engine=params.engine, path=params.path, packed=self.packed, square=layer.square)
         head_s, head_l, head_n = candidate_topk(layer.W, layer.b, H, k, self.buckets, np.zeros((N, 1), np.int32),
                                                 **common)
-        rank = k if params.mode == "certified" or params.beat_rank == 0 else min(k, params.beat_rank)
-        opened = self._opened_blocks(layer, H, head_s[:, rank - 1], params)
+        opened = self.opened_blocks(layer, H, head_s[:, self.threshold_rank(k, params) - 1], params)
         if not opened.any():
             return head_s, head_l, head_n
         tail_s, tail_l, tail_n = candidate_topk(layer.W, layer.b, H, k, self.buckets, padded_rows(opened, 1),

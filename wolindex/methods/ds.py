@@ -134,11 +134,14 @@ class DSSoftmax(BucketMethod):
                  "training": trainer.history}
         return cls(layer, arrays, state)
 
-    def search(self, layer, H, k, params):
+    def check_search(self, params) -> None:
         if params.n_probe > self.buckets.n_buckets:
             raise ValueError(f"n_probe: at most {self.buckets.n_buckets} (the number of experts), got {params.n_probe}")
         if params.scoring == "adapted" and self.adapted is None:
             raise ValueError("scoring: 'adapted' needs an index built with keep_adapted=True")
+
+    def search(self, layer, H, k, params):
+        self.check_search(params)
         probes = self.gate.route(H, params.n_probe)
         rows = self.packed if params.scoring == "exact" else self.adapted
         return candidate_topk(layer.W, layer.b, H, k, self.buckets, probes, engine=params.engine,
