@@ -3,13 +3,15 @@
 
     WOLINDEX_DATA=../shared/data python benchmarks/gpu_bundle.py gpu-bundle   # on the CPU: pack debian-lm-100k
     python benchmarks/gpu.py --bundle gpu-bundle --out $OUT                    # on the GPU machine, ~5 minutes
+    (benchmarks/gpu_device.sh runs the GPU tests and then this, in one call of the device tool)
 
 Layers: debian-lm-100k from the bundle (W, b, 4,096 validation queries with labels, their float32 exact
 top-10 from the CPU, and indexes built on the CPU, saved without the layer), and a synthetic D = 10^6,
-d = 512 layer (wolindex.data.synthetic, seed 0) generated here, on which LSS is built with the machine's
-CPUs. P@1 is agreement with the float32 exact top-1; timing: the per-call median over distinct batches
-after warm-up, each call ending with a device synchronisation, methods interleaved with exact
-(wolindex.bench.compare_speed). --emulate runs everything on the CPU emulator (tests only, tiny sizes)."""
+d = 512 layer (wolindex.data.synthetic, seed 0) generated here, on which LSS (2 tables of 1,024 buckets)
+is built with the machine's CPUs. P@1 is agreement with the float32 exact top-1; timing: the per-call
+median over distinct batches after warm-up, each call ending with a device synchronisation, methods
+interleaved with exact (wolindex.bench.compare_speed). --emulate runs everything on the CPU emulator
+(tests only, tiny sizes)."""
 from __future__ import annotations
 
 import argparse
@@ -117,7 +119,7 @@ def synthetic_layer(n_classes: int, dim: int, n_train: int, n_test: int, probes,
     ref = exact.search(ds.H_test, K)[1]
     say(f"synthetic D={n_classes:,} d={dim}: generated and searched exactly in {time.perf_counter() - t0:.0f} s")
     t0 = time.perf_counter()
-    buckets = max(64, min(4096, n_classes // 256))
+    buckets = max(16, min(1024, n_classes // 64))    # k-means of 10^6 rows into more takes minutes
     lss = wolindex.build(ds.W, ds.b, method="lss", train=ds.H_train, labels=ds.y_train, n_buckets=buckets,
                          verbose=False)
     say(f"  lss ({buckets} buckets x 2 tables) built in {time.perf_counter() - t0:.0f} s")
@@ -135,7 +137,7 @@ def main(argv=None):
     ap.add_argument("--batches", type=int, nargs="*", default=list(BATCHES))
     ap.add_argument("--calls", type=float, default=1.0, help="scale the timed calls per batch")
     ap.add_argument("--warmup", type=int, default=3, help="untimed calls per batch before timing")
-    ap.add_argument("--synthetic-probes", type=int, nargs="*", default=[1, 2, 4, 8, 16], help="LSS n_probe sweep")
+    ap.add_argument("--synthetic-probes", type=int, nargs="*", default=[1, 2, 4, 8, 16, 32], help="LSS n_probe sweep")
     ap.add_argument("--emulate", action="store_true", help="CPU emulator instead of CuPy (tests, tiny sizes)")
     a = ap.parse_args(argv)
     rt = runtime_for(a.emulate)

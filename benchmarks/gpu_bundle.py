@@ -18,7 +18,7 @@ from wolindex.data import debian_lm_100k
 
 K = 10
 SWEEPS = {"adaptive": [{"beat_rank": 1, "margin": m} for m in (3.0, 5.0, 7.0)],
-          "lss": [{"n_probe": p} for p in (6, 10, 12, 16)]}
+          "lss": [{"n_probe": p} for p in (6, 10, 16, 24)]}
 
 
 def write_bundle(out: Path, W_stored: np.ndarray, b: np.ndarray, class_counts: np.ndarray, methods: dict,

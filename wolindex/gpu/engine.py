@@ -16,7 +16,7 @@ from .runtime import NULL, queries_to_storage, rows_to_storage
 SCORE_BUDGET = 1 << 26       # float32 scores held at once by exact search and the tile path (256 MiB)
 QUERY_BLOCK = 4096           # queries per GEMM of exact search
 SELECT_SLICE = 4096          # entries per block of the selection kernel
-FUSED_SLICE = 512            # candidate rows per block of the fused kernel (expected)
+FUSED_SLICE = 128            # candidate rows per block of the fused kernel, at most (16 per warp)
 FUSED_MAX_BATCH = 128        # path 'auto': fused up to this many queries, tiles above
 PATHS = ("auto", "fused", "grouped")
 
@@ -38,7 +38,7 @@ def select_topk(rt, scores, k: int, *, n_rows: int, n_cols: int = 0, ids=None, b
     part_i = xp.empty((n_rows, n_parts, k), xp.int32)
     out_s, out_l = out if out is not None else (xp.empty((n_rows, k), xp.float32), xp.empty((n_rows, k), xp.int64))
     args = (scores, NULL if ids is None else ids, NULL if bias is None else bias,
-            NULL if row_ptr is None else row_ptr, np.int64(n_cols), np.int64(n_cols), np.int32(id_offset),
+            NULL if row_ptr is None else row_ptr, np.int64(n_cols), np.int32(id_offset),
             np.int32(k), part_s, part_i, rt.counters(n_rows), out_s, out_l)
     rt.kernel("topk_rows")((n_rows, n_parts), (kernels.THREADS,), args)
     return out_s, out_l
@@ -78,15 +78,15 @@ def exact_topk(rt, W, b, H, k: int, dtype: str):
 @dataclass
 class DeviceBuckets:
     """A method's buckets on the device with their rows packed bucket by bucket (see engine.PackedRows):
-    W (nnz, d) stored rows, b (nnz,) float32, indptr (B + 1,) int64, indices (nnz,) int32; plus host-side
-    size statistics for launch shapes."""
+    W (nnz, d) stored rows, b (nnz,) float32, indptr (B + 1,) int64, indices (nnz,) int32, sizes (B,) int64;
+    plus the mean and largest bucket size, for launch shapes."""
 
     W: object
     b: object
     indptr: object
     indices: object
     dtype: str
-    sizes: np.ndarray
+    sizes: object
     mean_size: float
     max_size: int
 
@@ -94,7 +94,7 @@ class DeviceBuckets:
     def upload(cls, rt, buckets: Buckets, packed: PackedRows, dtype: str) -> "DeviceBuckets":
         sizes = buckets.sizes()
         return cls(rt.to_device(rows_to_storage(packed.W, dtype)), rt.to_device(packed.b),
-                   rt.to_device(buckets.indptr), rt.to_device(buckets.indices), dtype, sizes,
+                   rt.to_device(buckets.indptr), rt.to_device(buckets.indices), dtype, rt.to_device(sizes),
                    float(sizes.mean()) if sizes.size else 0.0, int(sizes.max()) if sizes.size else 0)
 
     @property
@@ -122,7 +122,7 @@ def _fused(rt, rows, H, probes, k):
     xp = rt.xp
     N, d = H.shape
     m = probes.shape[1]
-    n_parts = _blocks(min(m * rows.mean_size, rows.indices.shape[0]), FUSED_SLICE, 1024)
+    n_parts = _blocks(min(m * rows.max_size, rows.indices.shape[0]), FUSED_SLICE, 1024)
     part_s = xp.empty((N, n_parts, k), xp.float32)
     part_i = xp.empty((N, n_parts, k), xp.int32)
     out_s, out_l = xp.empty((N, k), xp.float32), xp.empty((N, k), xp.int64)
@@ -143,7 +143,7 @@ def _grouped(rt, rows, H, probes, k):
     pair = xp.flatnonzero(flat >= 0)
     pair_bucket = flat[pair]
     pair_query = pair // m
-    sizes = xp.asarray(rows.sizes)[pair_bucket]
+    sizes = rows.sizes[pair_bucket]
     ends = xp.cumsum(sizes)
     pair_offset = ends - sizes
     row_ptr = xp.concatenate([xp.zeros(1, xp.int64), ends])[xp.searchsorted(pair_query, xp.arange(N + 1))]

@@ -4,7 +4,7 @@
 // Compiled by NVRTC through CuPy's RawModule; tests also compile this file with g++ against an emulator
 // (tests/cuda_emulator), so it keeps to plain C++ plus the CUDA built-ins that emulator provides:
 // threadIdx/blockIdx/blockDim/gridDim, __shared__, __syncthreads, __shfl_xor_sync (full warps only),
-// atomicAdd on unsigned int, __threadfence, __ldcg, __int_as_float, __uint_as_float.
+// atomicAdd on 32- and 64-bit unsigned ints, __threadfence, __ldcg, __int_as_float, __uint_as_float.
 //
 // Every kernel runs with WOL_THREADS threads per block. Rankings follow the CPU engine: higher score
 // first, ties to the smaller class id; a class met twice (a class in two probed buckets) is kept once.
@@ -193,17 +193,18 @@ __device__ void finish_part(TopList& list, int row, int part, int n_parts, float
 }
 
 // Top-k of each row of a score matrix. Row r holds entries [start_r, start_r + len_r) of scores, where
-// start_r = row_ptr[r] and len_r = row_ptr[r + 1] - start_r when row_ptr is given, else r * ld and n_cols;
+// start_r = row_ptr[r] and len_r = row_ptr[r + 1] - start_r when row_ptr is given, else r * n_cols and
+// n_cols (a dense row-major matrix);
 // entry e of the row is class ids[start_r + e] when ids is given (ids < 0 are skipped), else
 // e + id_offset; bias[e] is added when bias is given. Grid (n_rows, n_parts): block (r, g) takes the g-th
 // of n_parts equal slices of row r; the row's last block merges. part_s / part_i: (n_rows, n_parts, k)
 // scratch; counters: (n_rows,) zeros; out_s (n_rows, k) float32, out_l (n_rows, k) int64.
 extern "C" __global__ void topk_rows(const float* scores, const int* ids, const float* bias,
-                                     const long long* row_ptr, long long ld, long long n_cols, int id_offset,
+                                     const long long* row_ptr, long long n_cols, int id_offset,
                                      int k, float* part_s, int* part_i, unsigned int* counters, float* out_s,
                                      long long* out_l) {
   const int row = blockIdx.x, part = blockIdx.y, n_parts = gridDim.y;
-  const long long start = row_ptr ? row_ptr[row] : (long long)row * ld;
+  const long long start = row_ptr ? row_ptr[row] : (long long)row * n_cols;
   const long long len = row_ptr ? row_ptr[row + 1] - start : n_cols;
   const long long slice = (len + n_parts - 1) / n_parts;
   const long long lo = slice * part, hi = lo + slice < len ? lo + slice : len;
