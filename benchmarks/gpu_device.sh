@@ -9,5 +9,5 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 out="${OUT:-gpu-results}"
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$out/device.txt"
-timeout 180 python3 -m pytest -q -x -p no:cacheprovider tests/gpu 2>&1 | tee "$out/tests-gpu.log"
-timeout 330 python3 benchmarks/gpu.py --bundle gpu-bundle --out "$out" 2>&1 | tee "$out/benchmark.log"
+timeout 120 python3 -m pytest -q -x -p no:cacheprovider tests/gpu 2>&1 | tee "$out/tests-gpu.log"
+timeout 400 python3 benchmarks/gpu.py --bundle gpu-bundle --out "$out" 2>&1 | tee "$out/benchmark.log"

@@ -28,27 +28,29 @@ class GpuIndex:
         if index.dim > kernels.DMAX:
             raise ValueError(f"W: the GPU engine handles d <= {kernels.DMAX}, got d = {index.dim}")
         self.index, self.runtime, self.dtype = index, runtime, dtype
-        self.searcher = SEARCHES[index.method_name](runtime, index, dtype)
+        with runtime.device:
+            self.searcher = SEARCHES[index.method_name](runtime, index, dtype)
 
     @property
     def method_name(self) -> str:
         return self.index.method_name
 
     def to(self, device: str = "cpu", dtype: str | None = None):
-        """'cpu': the host Index; 'cuda[:N]': this index, or a copy in another dtype or on another GPU."""
+        """'cpu': the host Index; 'cuda[:N]': a new GpuIndex of it there (in `dtype`, default this one's)."""
         return self.index.to(device, dtype or self.dtype)
 
     def search(self, H, k: int = 10, *, return_n_scored: bool = False, **settings: Any):
         """As Index.search, on the device: H from CuPy, a torch CUDA tensor (both read in place through
         DLPack) or the host; scores (N, k) float32, labels (N, k) int64 [, n_scored (N,) int64: entries
         scored, a class in two probed buckets counting twice] come back as CuPy arrays, or as torch tensors
-        when H was one. k <= 32."""
+        when H was a torch CUDA tensor. k <= 32."""
         k = check_k(k, self.index.n_classes)
         if k > kernels.KMAX:
             raise ValueError(f"k: the GPU engine returns at most {kernels.KMAX} classes, got {k}")
         params = self.index.search_params(**settings)
-        Q, back = device_queries(self.runtime, H, self.index.dim)
-        out = self.searcher.search(Q, k, params)
+        with self.runtime.device:
+            Q, back = device_queries(self.runtime, H, self.index.dim)
+            out = self.searcher.search(Q, k, params)
         return tuple(back(a) for a in out[:2 + return_n_scored])
 
     def __repr__(self) -> str:

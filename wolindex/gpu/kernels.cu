@@ -4,7 +4,8 @@
 // Compiled by NVRTC through CuPy's RawModule; tests also compile this file with g++ against an emulator
 // (tests/cuda_emulator), so it keeps to plain C++ plus the CUDA built-ins that emulator provides:
 // threadIdx/blockIdx/blockDim/gridDim, __shared__, __syncthreads, __shfl_xor_sync (full warps only),
-// atomicAdd on 32- and 64-bit unsigned ints, __threadfence, __ldcg, __int_as_float, __uint_as_float.
+// atomicAdd on 32- and 64-bit unsigned ints, __threadfence, __ldcg, __int_as_float, __uint_as_float,
+// __float_as_uint.
 //
 // Every kernel runs with WOL_THREADS threads per block. Rankings follow the CPU engine: higher score
 // first, ties to the smaller class id; a class met twice (a class in two probed buckets) is kept once.
@@ -83,68 +84,52 @@ struct TopList {
   }
 };
 
-// Whether (s, i, t) goes before (s2, i2, t2): the better pair, then the smaller thread (a total order, so
-// every lane of a butterfly reduction ends with the same winner).
-__device__ __forceinline__ bool wol_first(float s, int i, int t, float s2, int i2, int t2) {
-  return wol_better(s, i, s2, i2) || (s == s2 && i == i2 && t < t2);
+// A (score, class) pair as one 64-bit key whose unsigned order is the ranking: the score's bits made
+// monotonic in the high half, WOL_NO_ID - class in the low half (equal scores: the smaller class first).
+__device__ __forceinline__ unsigned long long wol_key(float s, int i) {
+  unsigned int u = __float_as_uint(s == 0.0f ? 0.0f : s);  // -0 ranks as +0, as on the CPU
+  u ^= (u >> 31) ? 0xffffffffu : 0x80000000u;
+  return ((unsigned long long)u << 32) | (unsigned int)(WOL_NO_ID - i);
+}
+
+__device__ __forceinline__ float wol_key_score(unsigned long long key) {
+  unsigned int u = (unsigned int)(key >> 32);
+  u ^= (u >> 31) ? 0x80000000u : 0xffffffffu;
+  return __uint_as_float(u);
+}
+
+__device__ __forceinline__ int wol_key_class(unsigned long long key) {
+  return WOL_NO_ID - (int)(key & 0xffffffffu);
 }
 
 // The k best distinct pairs over all the block's thread lists, best first, into sel_s / sel_i (shared,
-// k entries; empty: -inf / -1). Every thread of the block calls it; the lists are consumed.
+// k entries; empty: -inf / -1). Each round takes the largest head key in the block (warp butterflies, then
+// the warps' winners) and every thread whose head is that pair pops it, so a class held by several
+// threads is written once. Every thread of the block calls it; the lists are consumed.
 __device__ void block_select(TopList& list, float* sel_s, int* sel_i) {
-  __shared__ float warp_s[WOL_WARPS];
-  __shared__ int warp_i[WOL_WARPS];
-  __shared__ int warp_t[WOL_WARPS];
-  __shared__ int winner;
-  __shared__ int finished;
+  __shared__ unsigned long long warp_best[WOL_WARPS];
+  __shared__ unsigned long long best;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, k = list.k;
-  int head = 0, written = 0;
-  while (true) {
-    float s = head < k ? list.s[head] : wol_neg_inf();
-    int i = head < k ? list.id[head] : WOL_NO_ID;
-    int t = tid;
+  int head = 0;
+  for (int written = 0; written < k; ++written) {
+    unsigned long long key = head < k ? wol_key(list.s[head], list.id[head]) : wol_key(wol_neg_inf(), WOL_NO_ID);
+    const unsigned long long mine = key;
     for (int offset = 16; offset > 0; offset >>= 1) {
-      float s2 = __shfl_xor_sync(0xffffffffu, s, offset);
-      int i2 = __shfl_xor_sync(0xffffffffu, i, offset);
-      int t2 = __shfl_xor_sync(0xffffffffu, t, offset);
-      if (wol_first(s2, i2, t2, s, i, t)) {
-        s = s2;
-        i = i2;
-        t = t2;
-      }
+      unsigned long long other = __shfl_xor_sync(0xffffffffu, key, offset);
+      key = other > key ? other : key;
     }
-    if (lane == 0) {
-      warp_s[warp] = s;
-      warp_i[warp] = i;
-      warp_t[warp] = t;
-    }
+    if (lane == 0) warp_best[warp] = key;
     __syncthreads();
     if (tid == 0) {
-      float bs = warp_s[0];
-      int bi = warp_i[0], bt = warp_t[0];
-      for (int w = 1; w < WOL_WARPS; ++w) {
-        if (wol_first(warp_s[w], warp_i[w], warp_t[w], bs, bi, bt)) {
-          bs = warp_s[w];
-          bi = warp_i[w];
-          bt = warp_t[w];
-        }
-      }
-      if (bi == WOL_NO_ID) {  // every list is empty: pad
-        for (; written < k; ++written) {
-          sel_s[written] = wol_neg_inf();
-          sel_i[written] = -1;
-        }
-      } else if (written == 0 || sel_i[written - 1] != bi) {  // a repeat of the last class is dropped
-        sel_s[written] = bs;
-        sel_i[written] = bi;
-        ++written;
-      }
-      winner = bt;
-      finished = written == k;
+      unsigned long long b = warp_best[0];
+      for (int w = 1; w < WOL_WARPS; ++w) b = warp_best[w] > b ? warp_best[w] : b;
+      best = b;
+      const int c = wol_key_class(b);
+      sel_s[written] = c == WOL_NO_ID ? wol_neg_inf() : wol_key_score(b);
+      sel_i[written] = c == WOL_NO_ID ? -1 : c;
     }
     __syncthreads();
-    if (tid == winner) ++head;
-    if (finished) break;
+    if (mine == best && wol_key_class(mine) != WOL_NO_ID) ++head;
   }
   __syncthreads();
 }

@@ -5,6 +5,8 @@ only uses the NumPy-compatible part of CuPy's API, so tests can hand it a runtim
 emulator of the kernels instead (tests/cuda_emulator)."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from . import kernels
@@ -63,6 +65,7 @@ class Runtime:
 
     name: str
     xp = np
+    device = contextlib.nullcontext()   # entered around all work: CuPy's Device makes it current
     _counters = None
 
     def counters(self, n: int):

@@ -115,12 +115,16 @@ class HashTable:
         self.V, self.c = V, c
 
 
+KMEANS_SAMPLES = 5_000_000   # rows k-means passes over at most (50 epochs of 10^5 rows, 5 of 10^6)
+
+
 def kmeans_buckets(W: np.ndarray, n_buckets: int, seed: int):
     """Label -> bucket (D,) int64 from k-means of W's rows (normalised), and the centroids (B, d) float32."""
     from sklearn.cluster import MiniBatchKMeans
 
     X = W / np.maximum(np.linalg.norm(W, axis=1, keepdims=True), 1e-12)
-    km = MiniBatchKMeans(n_buckets, random_state=seed, batch_size=4096, n_init=1, max_iter=50).fit(X)
+    epochs = int(np.clip(KMEANS_SAMPLES // X.shape[0], 1, 50))
+    km = MiniBatchKMeans(n_buckets, random_state=seed, batch_size=4096, n_init=1, max_iter=epochs).fit(X)
     return km.labels_.astype(np.int64), km.cluster_centers_.astype(np.float32)
 
 
