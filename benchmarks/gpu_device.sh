@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check in one call of the device tool, from the repository root, with the bundle carried:
-#   run(command="bash benchmarks/gpu_device.sh", carry=["gpu-bundle"], timeout_s=540)
+#   run(command="bash benchmarks/gpu_device.sh", carry=["gpu-bundle"], timeout_s=560)
 # after `WOLINDEX_DATA=../shared/data python benchmarks/gpu_bundle.py gpu-bundle` here. The device image has
 # numpy, numba, scikit-learn, tqdm, threadpoolctl, pytest and CuPy; wolindex runs from the checkout.
 # Writes the device name, the GPU tests' log, the benchmark's log and its result JSON to $OUT.
