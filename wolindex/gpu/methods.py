@@ -2,8 +2,6 @@
 evaluated on the device, then the GPU engine. Methods without an entry in SEARCHES stay on the CPU."""
 from __future__ import annotations
 
-import numpy as np
-
 from . import kernels
 from .engine import DeviceBuckets, candidate_topk, exact_topk, select_topk
 from .runtime import rows_to_storage
@@ -44,14 +42,11 @@ class BucketSearch:
         self.rt, self.method, self.layer = rt, index.method, index.layer
         self.rows = DeviceBuckets.upload(rt, index.method.buckets, index.method.packed, dtype)
 
-    def device(self, a):
-        return self.rt.to_device(np.ascontiguousarray(a))
-
 
 class LSSSearch(BucketSearch):
     def __init__(self, rt, index, dtype):
         super().__init__(rt, index, dtype)
-        self.V, self.c = self.device(self.method.hash_V), self.device(self.method.hash_c)
+        self.V, self.c = rt.to_device(self.method.hash_V), rt.to_device(self.method.hash_c)
 
     def search(self, H, k, params):
         self.method.check_search(params)
@@ -66,7 +61,7 @@ class LSSSearch(BucketSearch):
 class DSSearch(BucketSearch):
     def __init__(self, rt, index, dtype):
         super().__init__(rt, index, dtype)
-        self.gate = {name: self.device(a) for name, a in self.method.gate.params.items()}
+        self.gate = {name: rt.to_device(a) for name, a in self.method.gate.params.items()}
 
     def search(self, H, k, params):
         self.method.check_search(params)
@@ -85,9 +80,9 @@ class DSSearch(BucketSearch):
 class AdaptiveSearch(BucketSearch):
     def __init__(self, rt, index, dtype):
         super().__init__(rt, index, dtype)
-        self.arrays = {name: self.device(a) for name, a in self.method.arrays.items()
+        self.arrays = {name: rt.to_device(a) for name, a in self.method.arrays.items()
                        if name.startswith(("gate_", "block_"))}
-        self.block_cluster = self.device(self.method.block_cluster)
+        self.block_cluster = rt.to_device(self.method.block_cluster)
         self.block_ids = rt.xp.arange(1, self.method.buckets.n_buckets, dtype=rt.xp.int32)
 
     def search(self, H, k, params):
