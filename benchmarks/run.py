@@ -82,7 +82,7 @@ def run_dataset(cfg: dict, entry: dict, say) -> dict | None:
             method_rows.append({"method": name, "label": spec.get("label", name), "build": spec.get("build", {}),
                                 "search": settings,
                                 "build_s": build_s, "index_bytes": index.nbytes(),
-                                "index_over_W": index.nbytes() / W.nbytes,
+                                "index_over_W": index.nbytes() / W.nbytes, "build_state": build_state(index),
                                 **accuracy(index, H, y, k, exact_labels, settings)})
         for batch, calls in zip(BATCHES, (timing["batch1_calls"], timing["batch256_calls"])):
             runners = {"exact": partial(exact.search, k=k)}
@@ -105,6 +105,11 @@ def run_dataset(cfg: dict, entry: dict, say) -> dict | None:
                                    "interleaved with exact in 5 rounds, after warm-up calls"},
             "reference": ds.reference, "machine": machine_info(),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rows": rows}
+
+
+def build_state(index) -> dict:
+    """What the builder recorded about itself (supports, training history, stage times), JSON-ready."""
+    return json.loads(json.dumps(index.method.state, default=lambda x: x.tolist() if hasattr(x, "tolist") else str(x)))
 
 
 def main(argv=None):

@@ -49,6 +49,16 @@ def test_experts_recover_the_planted_groups(index):
     assert index.stats(H_TEST)["candidates_fraction"] < 0.2          # observed 0.09
 
 
+def test_search_routes_to_the_gates_top_experts(index):
+    """The engine's routing (a top-m over the gate's rows) picks experts whose gate logits are the m largest,
+    in order, whatever the batch size."""
+    logits, _ = index.method.gate.forward(H_TEST)
+    top = np.sort(logits, axis=1)[:, ::-1][:, :3]
+    route = index.method.route(H_TEST, 3)
+    np.testing.assert_allclose(np.take_along_axis(logits, route, axis=1), top, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(np.concatenate([index.method.route(h[None], 3) for h in H_TEST[:50]]), route[:50])
+
+
 def test_every_class_kept_somewhere(index):
     assert np.unique(index.method.buckets.indices).size == W.shape[0]
 

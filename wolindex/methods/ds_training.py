@@ -37,6 +37,7 @@ pull against the lasso); after training every class that no expert kept is re-ho
 DSTrainer.rehome_orphans), so each class stays in at least one expert."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -377,6 +378,7 @@ class DSTrainer:
         self.gate.split(directions, centres, scale)
 
     def run_epochs(self, epochs: float, verbose: bool, desc: str) -> None:
+        started = time.perf_counter()
         N = self.H.shape[0]
         n_steps = max(1, int(round(epochs * N / self.cfg.batch_size)))
         perm = self.rng.permutation(N)
@@ -393,7 +395,8 @@ class DSTrainer:
         self.settle_all()
         self.history.append({"stage": desc, "experts": len(self.experts), "steps": n_steps,
                              "loss": float(np.mean(losses[-50:])), "mean_support": self.mean_support(),
-                             "total_support": int(sum(e.classes.size for e in self.experts))})
+                             "total_support": int(sum(e.classes.size for e in self.experts)),
+                             "seconds": time.perf_counter() - started})
 
     def mean_support(self) -> float:
         return float(np.mean([e.classes.size for e in self.experts]))
