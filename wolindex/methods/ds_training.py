@@ -437,8 +437,9 @@ class DSTrainer:
 
 
 def _leading_direction(X: np.ndarray, rng: np.random.Generator, iters: int = 30) -> np.ndarray:
-    """Unit vector along the largest principal component of the centred rows X (power iteration)."""
-    v = rng.standard_normal(X.shape[1])
+    """Unit vector along the largest principal component of the centred rows X (n, d) float32 (power
+    iteration in X's dtype: a float64 vector would make NumPy copy all of X to float64 twice an iteration)."""
+    v = rng.standard_normal(X.shape[1]).astype(X.dtype)
     for _ in range(iters):
         v = X.T @ (X @ v)
         v /= np.linalg.norm(v) + 1e-30
