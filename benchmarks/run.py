@@ -77,12 +77,13 @@ def run_dataset(cfg: dict, entry: dict, say) -> dict | None:
                                    verbose=False, **spec.get("build", {}))
             build_s = time.perf_counter() - t0
         points = sweep_points(spec.get("sweep"))
+        state = index.method.state  # what the builder recorded: supports, training history, stage times
         method_rows = []
         for settings in tqdm(points, desc=f"{ds.name} {name}", leave=False):
             method_rows.append({"method": name, "label": spec.get("label", name), "build": spec.get("build", {}),
                                 "search": settings,
                                 "build_s": build_s, "index_bytes": index.nbytes(),
-                                "index_over_W": index.nbytes() / W.nbytes, "build_state": build_state(index),
+                                "index_over_W": index.nbytes() / W.nbytes, "build_state": state,
                                 **accuracy(index, H, y, k, exact_labels, settings)})
         for batch, calls in zip(BATCHES, (timing["batch1_calls"], timing["batch256_calls"])):
             runners = {"exact": partial(exact.search, k=k)}
@@ -107,9 +108,11 @@ def run_dataset(cfg: dict, entry: dict, say) -> dict | None:
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rows": rows}
 
 
-def build_state(index) -> dict:
-    """What the builder recorded about itself (supports, training history, stage times), JSON-ready."""
-    return json.loads(json.dumps(index.method.state, default=lambda x: x.tolist() if hasattr(x, "tolist") else str(x)))
+def _numpy_to_json(x):
+    """json.dumps default: NumPy scalars and arrays (in builders' states) as Python numbers and lists."""
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
 def main(argv=None):
@@ -129,7 +132,7 @@ def main(argv=None):
         if result is None:
             continue
         path = a.out / f"{cfg['name']}-{result['dataset']}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}.json"
-        path.write_text(json.dumps(result, indent=1))
+        path.write_text(json.dumps(result, indent=1, default=_numpy_to_json))
         print(f"wrote {path}")
         written.append(path)
     return written
