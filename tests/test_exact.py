@@ -51,6 +51,22 @@ def test_query_blocks_bound_memory(monkeypatch):
     np.testing.assert_allclose(full[0], blocked[0], rtol=1e-6)
 
 
+def test_serial_and_parallel_kernels_agree(monkeypatch):
+    """Small problems run on the calling thread (SERIAL_MAX_WORK); both kernels give the same top-k,
+    ties (integer data) included."""
+    W, b = random_layer(900, 8, integer=True)
+    H = random_queries(6, 8, integer=True)
+    monkeypatch.setattr(dispatch, "SERIAL_MAX_WORK", 0)
+    parallel = exact_topk(W, b, H, 30)
+    monkeypatch.setattr(dispatch, "SERIAL_MAX_WORK", 10**12)
+    serial = exact_topk(W, b, H, 30)
+    np.testing.assert_array_equal(parallel[1], serial[1])
+    np.testing.assert_array_equal(parallel[0], serial[0])
+    logits = H @ W.T + b
+    order = np.lexsort((np.broadcast_to(np.arange(900), logits.shape), -logits), axis=1)[:, :30]
+    np.testing.assert_array_equal(serial[1], order)
+
+
 def test_same_query_same_answer():
     W, b = random_layer(5000, 32)
     H = random_queries(20, 32)

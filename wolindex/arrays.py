@@ -63,7 +63,7 @@ def to_numpy(x, name: str) -> np.ndarray:
 def as_float32(x, name: str, ndim: int, *, check_finite: bool = True) -> np.ndarray:
     """Array-like of a floating dtype -> C-contiguous float32 array of exactly `ndim` dimensions."""
     a = to_numpy(x, name)
-    if a.dtype.name not in FLOAT_DTYPES:
+    if a.dtype != np.float32 and a.dtype.name not in FLOAT_DTYPES:  # dtype.name costs 5 us: float32 first
         raise TypeError(f"{name}: expected a floating dtype ({', '.join(FLOAT_DTYPES)}), got {a.dtype}")
     if a.ndim != ndim:
         hint = " (for one query use h[None, :])" if ndim == 2 and a.ndim == 1 else ""

@@ -144,6 +144,22 @@ def exact_topk_kernel(W, b, H, k, n_chunks, row_block, square, out_s, out_l):
         write_sorted(s, lab, out_s[i], out_l[i])
 
 
+@njit(fastmath=FAST, cache=True)
+def exact_topk_serial_kernel(W, b, H, k, row_block, square, out_s, out_l):
+    """exact_topk_kernel on the calling thread, for problems too small to repay waking the other threads
+    (a gate's 256 rows for one query: 11 us here against 30 us through the parallel kernel)."""
+    N = H.shape[0]
+    hs = np.empty((N, k), np.float32)
+    hl = np.empty((N, k), np.int64)
+    for i in range(N):
+        clear(hs[i], hl[i])
+    all_rows = np.arange(W.shape[0]).astype(np.int32)
+    qsel = np.arange(N)
+    _score_block(W, b, all_rows, all_rows, H, qsel, hs, hl, qsel, row_block, square)
+    for i in range(N):
+        write_sorted(hs[i], hl[i], out_s[i], out_l[i])
+
+
 @njit(inline="always")
 def _collect(probes_row, indptr, indices, row_of, st, tag, cr, cl):
     """Write the distinct classes of the probed buckets to cl (their rows to cr); returns how many."""

@@ -14,6 +14,7 @@ PATHS = ("auto", "fused", "grouped")
 QUERY_BLOCK = 4096        # queries per kernel call: bounds heap memory for any N
 ITEM_QUERIES = 64         # queries per work item of the grouped path
 GROUPED_MIN_SHARING = 4.0  # auto path: grouped when probes per distinct bucket reach this
+SERIAL_MAX_WORK = 2**19   # exact top-k of at most this many multiply-adds runs on the calling thread
 _STAMP_LIMIT = 2**31 - 1
 
 _local = threading.local()
@@ -60,6 +61,9 @@ def exact_topk(W: np.ndarray, b: np.ndarray, H: np.ndarray, k: int, engine: str 
     N = H.shape[0]
     out_s = np.empty((N, k), np.float32)
     out_l = np.empty((N, k), np.int64)
+    if N * W.shape[0] * W.shape[1] <= SERIAL_MAX_WORK:
+        cpu.exact_topk_serial_kernel(W, b, H, k, _row_block(W.shape[1]), square, out_s, out_l)
+        return out_s, out_l
     n_chunks = max(1, min(4 * numba.get_num_threads(), W.shape[0] // 64))
     for q0 in range(0, N, QUERY_BLOCK):
         q1 = min(N, q0 + QUERY_BLOCK)
@@ -158,7 +162,10 @@ def _grouped(W, b, row_of, H, k, buckets, probes, square):
 
 
 def choose_path(probes: np.ndarray) -> str:
-    """'grouped' when queries share buckets enough for row reuse to pay, else 'fused'."""
+    """'grouped' when queries share buckets enough for row reuse to pay, else 'fused' (always for fewer
+    queries than GROUPED_MIN_SHARING, which cannot share a bucket that often without repeating it)."""
+    if probes.shape[0] < GROUPED_MIN_SHARING:
+        return "fused"
     valid = probes[probes >= 0]
     if valid.size == 0:
         return "fused"
