@@ -147,7 +147,7 @@ def exact_topk_kernel(W, b, H, k, n_chunks, row_block, square, out_s, out_l):
 @njit(fastmath=FAST, cache=True)
 def exact_topk_serial_kernel(W, b, H, k, row_block, square, out_s, out_l):
     """exact_topk_kernel on the calling thread, for problems too small to repay waking the other threads
-    (a gate's 256 rows for one query: 11 us here against 30 us through the parallel kernel)."""
+    (a gate's rows for one query)."""
     N = H.shape[0]
     hs = np.empty((N, k), np.float32)
     hl = np.empty((N, k), np.int64)
