@@ -43,13 +43,12 @@ def ds_more_index(path: Path, say):
     return index
 
 
-def first_expert_signals(index, H: np.ndarray) -> dict[str, np.ndarray]:
-    """(N,) confidence signals known after opening the gate's first expert; larger is more confident."""
-    U, c = index.method.gate.params["U"], index.method.gate.params["c"]
-    logits = np.sort(H @ U.T + c, axis=1)[:, ::-1]
+def first_expert_signals(index, H: np.ndarray, scores: np.ndarray) -> dict[str, np.ndarray]:
+    """(N,) confidence signals known after opening the gate's first expert, whose two best exact scores are
+    scores (N, 2); larger is more confident."""
+    logits = np.sort(index.method.gate.forward(H)[0], axis=1)[:, ::-1]
     p = np.exp(logits - logits[:, :1])
     p /= p.sum(axis=1, keepdims=True)
-    scores, _ = index.search(H, 2, n_probe=1)
     return {"gate_probability": p[:, 0], "gate_margin": logits[:, 0] - logits[:, 1],
             "best_logit": scores[:, 0], "best_gap": scores[:, 0] - scores[:, 1]}
 
@@ -77,9 +76,10 @@ def main(argv=None):
                      "distinct_classes": float(distinct.mean()), "rows_with_repeats": float(repeated.mean()),
                      "speedup_ceiling": W.shape[0] / float(distinct.mean())})
         print(json.dumps(rows[-1]))
-    missed = index.search(H, 1, n_probe=1)[1][:, 0] != top1
+    first_scores, first_labels = index.search(H, 2, n_probe=1)
+    missed = first_labels[:, 0] != top1
     caught = {}
-    for name, x in first_expert_signals(index, H).items():
+    for name, x in first_expert_signals(index, H, first_scores).items():
         escalated = x <= np.quantile(x, ESCALATED)
         caught[name] = float((missed & escalated).sum() / max(missed.sum(), 1))
     print(f"first expert misses {missed.mean():.4f}; share of them among the {ESCALATED:.0%} least confident:",
