@@ -10,6 +10,23 @@ from ..layer import OutputLayer
 from ..params import BuildParams, SearchParams
 
 
+def check_array(arrays: dict[str, np.ndarray], name: str, dtype, shape: tuple, finite: bool = True) -> np.ndarray:
+    """arrays[name], which must exist, have exactly `dtype` (native byte order) and `shape` (None: any length
+    on that axis) and, for floating arrays with finite=True, hold no NaN or Inf. A loaded file's arrays pass
+    through here before any kernel reads them; returns the array."""
+    a = arrays.get(name)
+    if not isinstance(a, np.ndarray):
+        raise ValueError(f"arrays: {name} is missing")
+    if a.dtype != np.dtype(dtype) or not a.dtype.isnative:
+        raise ValueError(f"arrays: {name} must be {np.dtype(dtype)}, got {a.dtype.str}")
+    if a.ndim != len(shape) or any(want is not None and got != want for got, want in zip(a.shape, shape)):
+        want = tuple("*" if s is None else s for s in shape)
+        raise ValueError(f"arrays: {name} must have shape {want}, got {a.shape}")
+    if finite and a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise ValueError(f"arrays: {name} holds NaN or Inf")
+    return a
+
+
 class Method:
     """One builder + its search. Subclasses set `name`, `Build`, `Search` and implement build / search.
 
