@@ -64,8 +64,10 @@ def test_not_an_index(tmp_path):
 
 
 def _edit_meta(folder, change):
+    """Change meta.json as a crafted file would: its checksum made to match the new content."""
     meta = json.loads((folder / "meta.json").read_text())
     change(meta)
+    meta["meta_sha256"] = wio.meta_checksum(meta)
     (folder / "meta.json").write_text(json.dumps(meta))
 
 

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import zipfile
+from pathlib import Path
 
 import numpy as np
 
@@ -14,7 +17,7 @@ def _settings(pairs: list[str]) -> dict:
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise SystemExit(f"--set: expected key=value, got {pair!r}")
+            raise ValueError(f"--set: expected key=value, got {pair!r}")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -30,7 +33,9 @@ def _demo(a):
 
 def _build(a):
     from . import build, load_layer, read_tensor
+    from .io import check_save_path
 
+    check_save_path(a.out)
     layer = load_layer(a.weights, a.weight_key, bias=a.bias, bias_key=a.bias_key)
     train = read_tensor(a.train) if a.train else None
     labels = read_tensor(a.labels) if a.labels else None
@@ -46,12 +51,38 @@ def _search(a):
     scores, labels, n_scored = index.search(read_tensor(a.queries, a.queries_key), a.k, return_n_scored=True,
                                             **_settings(a.set))
     if a.out:
-        np.savez(a.out, scores=scores, labels=labels, n_scored=n_scored)
+        _save_results(Path(a.out), scores=scores, labels=labels, n_scored=n_scored)
     else:
         for row_s, row_l in zip(scores[:20], labels[:20]):
             print(" ".join(f"{lab}:{sc:.4f}" for sc, lab in zip(row_s, row_l)))
         if len(scores) > 20:
             print(f"... {len(scores) - 20} more rows (use --out to save them all)")
+
+
+_RESULT_FILES = {"scores.npy", "labels.npy", "n_scored.npy"}
+
+
+def _save_results(out: Path, **arrays) -> None:
+    """Write arrays to the .npz `out` atomically, replacing only an earlier result file of this command."""
+    if out.suffix != ".npz" or out.name == ".npz":
+        raise ValueError(f"--out: expected a file name ending in .npz, got {str(out)!r}")
+    if out.is_symlink() or out.is_dir():
+        raise ValueError(f"--out: {out} is a folder or a link; refusing to replace it")
+    if out.exists():
+        try:
+            with zipfile.ZipFile(out) as z:
+                ours = set(z.namelist()) <= _RESULT_FILES
+        except (zipfile.BadZipFile, OSError):
+            ours = False
+        if not ours:
+            raise ValueError(f"--out: {out} exists and is not a result file of wolindex search; refusing to replace it")
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _info(a):
@@ -103,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     try:
         a.run(a)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, OSError, ImportError) as err:
         print(f"wolindex {a.command}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 

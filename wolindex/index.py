@@ -1,6 +1,7 @@
 """Index: a built method over an output layer, with search / save / load / stats."""
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -52,12 +53,32 @@ class Index:
         spherical-softmax probabilities of the returned classes (spherical layers only; 0 for padding)."""
         Q = as_queries(H, self.dim)
         k = check_k(k, self.n_classes)
+        self._check_no_overflow(Q)
         if return_probs and not self.layer.square:
             raise ValueError("return_probs: only spherical layers (scoring='spherical') have exact probabilities "
                              "without scoring every class")
         scores, labels, n_scored = self.method.search(self.layer, Q, k, self.search_params(**settings))
         out = (scores, labels) + ((n_scored,) if return_n_scored else ())
         return out + ((self.layer.spherical_probs(Q, scores),) if return_probs else ())
+
+    @cached_property
+    def _logit_bound(self) -> tuple[float, float]:
+        """(max over classes of sum_j |W_cj|, max |b_c|) in float64: |w_c . h + b_c| <= |h|_inf * first + second."""
+        W = self.layer.W
+        rows = max(1, (1 << 22) // W.shape[1])
+        l1 = max(float(np.abs(W[lo:lo + rows]).sum(axis=1, dtype=np.float64).max()) for lo in range(0, len(W), rows))
+        return l1, float(np.abs(self.layer.b).max())
+
+    def _check_no_overflow(self, Q: np.ndarray) -> None:
+        """ValueError when float32 scores of Q could overflow (every engine then agrees: no score is +-inf or NaN)."""
+        h_max = max(float(Q.max()), -float(Q.min()))
+        l1, b_max = self._logit_bound
+        bound = h_max * l1 + b_max
+        limit = float(np.finfo(np.float32).max) / 2
+        if bound > (np.sqrt(limit) if self.layer.square else limit):
+            raise ValueError(f"H: entries up to {h_max:.3g} in absolute value can overflow float32 in w_c . h + b_c"
+                             f"{' squared' if self.layer.square else ''} (|h|_inf * max_c |w_c|_1 + max |b| = "
+                             f"{bound:.3g}); rescale the queries or the layer")
 
     def to(self, device: str = "cuda", dtype: str = "float32"):
         """This index on `device`: 'cpu' gives itself; 'cuda' or 'cuda:N' a wolindex.gpu.GpuIndex searched on

@@ -1,12 +1,14 @@
 """Index files: meta.json plus one .npy per array, in a folder or in one uncompressed zip.
 
-Writes are atomic (a temporary sibling is renamed into place). Loading parses JSON and .npy headers only,
-never unpickles or imports anything named by the file, checks every array's dtype, shape and SHA-256, and
-can memory-map the arrays (also inside the zip, whose members are stored uncompressed)."""
+Writes are atomic (a temporary sibling is renamed into place) and replace only what is itself a wolindex
+index. Loading parses JSON and .npy headers only, never unpickles or imports anything named by the file,
+checks meta.json's fields and SHA-256 and every array's dtype, shape and SHA-256, and can memory-map the
+arrays (also inside the zip, whose members are stored uncompressed)."""
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -23,8 +25,9 @@ from .layer import OutputLayer, check_scoring
 from .methods import get_method
 
 FORMAT = "wolindex-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # 2: meta.json carries meta_sha256
 META = "meta.json"
+MAX_META_BYTES = 64 << 20
 _ZIP_SUFFIXES = (".zip", ".wol")
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _CHUNK = 1 << 20
@@ -63,9 +66,15 @@ def _arrays_of(index: Index, with_layer: bool) -> dict[str, np.ndarray]:
     return arrays
 
 
+def meta_checksum(meta: dict) -> str:
+    """SHA-256 of meta.json's content (every field but meta_sha256, as canonical JSON)."""
+    body = {key: value for key, value in meta.items() if key != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def _meta_of(index: Index, entries: dict) -> dict:
     external = "layer.W" not in entries
-    return {
+    meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "library_version": __version__,
@@ -82,6 +91,7 @@ def _meta_of(index: Index, entries: dict) -> dict:
         **({"layer_sha256": layer_fingerprint(index.layer)} if external else {}),
         "arrays": entries,
     }
+    return {**meta, "meta_sha256": meta_checksum(meta)}
 
 
 def _write_npy(f, a: np.ndarray) -> str:
@@ -119,30 +129,87 @@ def _write_zip(tmp: Path, arrays: dict, index: Index) -> None:
         os.fsync(f.fileno())
 
 
-def _is_index_folder(path: Path) -> bool:
-    return (path / META).is_file()
+def _holds_index(path: Path) -> bool:
+    """Whether path is a wolindex index (folder or zip) by its meta.json's format field."""
+    try:
+        store = _Folder(path) if path.is_dir() else _Zip(path)
+        meta = json.loads(store.meta_bytes())
+    except (ValueError, OSError, RecursionError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
+
+
+def check_save_path(path) -> Path:
+    """The Path an index can be saved to, or ValueError: a save replaces nothing but a wolindex index of
+    the same kind (a zip for .wol / .zip paths, else a folder) or an empty folder, and follows no link."""
+    path = Path(path)
+    as_zip = path.suffix.lower() in _ZIP_SUFFIXES
+    if path.is_symlink():
+        raise ValueError(f"path: {path} is a symbolic link; save to the path it points to")
+    if not path.exists():
+        if not path.parent.is_dir():
+            raise ValueError(f"path: the folder {path.parent} does not exist")
+        return path
+    if as_zip and path.is_dir():
+        raise ValueError(f"path: {path} is a folder; an index file (.wol / .zip) would replace it; refusing")
+    if not as_zip and not path.is_dir():
+        raise ValueError(f"path: {path} is a file; a folder index would replace it; refusing (save to a path "
+                         f"ending in .wol for a single-file index)")
+    if not _holds_index(path) and not (path.is_dir() and not any(path.iterdir())):
+        kind = "folder" if path.is_dir() else "file"
+        raise ValueError(f"path: {path} is a {kind} that is not a wolindex index; refusing to overwrite it")
+    return path
+
+
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?:(?P<pid>\d+)-)?[0-9a-f]{12}$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def _remove_leftovers(path: Path) -> None:
+    """Remove the temporaries of earlier saves of `path` that were killed (their process is gone)."""
+    for entry in path.parent.iterdir():
+        m = _LEFTOVER.match(entry.name)
+        if m is None or m["name"] != path.name:
+            continue
+        if m["pid"] is not None and (int(m["pid"]) == os.getpid() or _alive(int(m["pid"]))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def _sibling(path: Path, kind: str) -> Path:
+    return path.parent / f".{path.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
 
 
 def save_index(index: Index, path, with_layer: bool = True) -> None:
     """Write `index` to `path` atomically: a zip if path ends in .zip / .wol, else a folder.
 
     with_layer=False leaves W, b and class_counts out (the method's arrays only, with the layer's SHA-256):
-    load_index then needs the same layer passed in. An existing folder is replaced only if it is itself
-    an index (holds meta.json)."""
+    load_index then needs the same layer passed in. Only a wolindex index of the same kind, or an empty
+    folder, is replaced (see check_save_path); temporaries of earlier killed saves of `path` are removed."""
     if not isinstance(with_layer, bool):
         raise TypeError(f"with_layer: expected a bool, got {type(with_layer).__name__}")
-    path = Path(path)
+    path = check_save_path(path)
     arrays = _arrays_of(index, with_layer)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp = _sibling(path, "tmp")
     as_zip = path.suffix.lower() in _ZIP_SUFFIXES
-    if path.is_dir() and (as_zip or not (_is_index_folder(path) or not any(path.iterdir()))):
-        raise ValueError(f"path: {path} is a folder that is not a wolindex index; refusing to overwrite it")
     try:
         (_write_zip if as_zip else _write_folder)(tmp, arrays, index)
         if as_zip or not path.exists():
             os.replace(tmp, path)
         else:
-            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:12]}"
+            old = _sibling(path, "old")
             os.replace(path, old)
             os.replace(tmp, path)
             shutil.rmtree(old)
@@ -151,6 +218,7 @@ def save_index(index: Index, path, with_layer: bool = True) -> None:
             shutil.rmtree(tmp)
         elif tmp.exists():
             tmp.unlink()
+    _remove_leftovers(path)
 
 
 class _Folder:
@@ -158,9 +226,12 @@ class _Folder:
         self.path = path
 
     def meta_bytes(self) -> bytes:
-        if not _is_index_folder(self.path):
+        meta = self.path / META
+        if not meta.is_file():
             raise ValueError(f"path: {self.path} is not a wolindex index (no {META})")
-        return (self.path / META).read_bytes()
+        if meta.stat().st_size > MAX_META_BYTES:
+            raise ValueError(f"path: {self.path}: {META} is larger than {MAX_META_BYTES} bytes")
+        return meta.read_bytes()
 
     def open_npy(self, file: str) -> tuple[str, int, int]:
         """(os path, offset of the .npy inside it, its length)."""
@@ -180,10 +251,17 @@ class _Zip:
             raise ValueError(f"path: {path} is not a readable wolindex index ({err})") from None
 
     def meta_bytes(self) -> bytes:
-        if META not in self.members:
+        info = self.members.get(META)
+        if info is None:
             raise ValueError(f"path: {self.path} is not a wolindex index (no {META} inside)")
-        with zipfile.ZipFile(self.path) as z:
-            return z.read(META)
+        if info.compress_type != zipfile.ZIP_STORED or max(info.file_size, info.compress_size) > MAX_META_BYTES:
+            raise ValueError(f"path: {self.path}: {META} must be stored uncompressed and at most "
+                             f"{MAX_META_BYTES} bytes")
+        try:
+            with zipfile.ZipFile(self.path) as z:
+                return z.read(META)
+        except (zipfile.BadZipFile, OSError) as err:
+            raise ValueError(f"path: {self.path} is not a readable wolindex index ({err})") from None
 
     def open_npy(self, file: str) -> tuple[str, int, int]:
         info = self.members.get(file)
@@ -231,7 +309,7 @@ def _read_array(where: str, offset: int, length: int, entry: dict, mmap: bool, n
     if dtype.str != entry["dtype"] or list(shape) != entry["shape"]:
         raise ValueError(f"array {name}: file holds {dtype.str} {list(shape)}, meta.json says "
                          f"{entry['dtype']} {entry['shape']}")
-    nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+    nbytes = dtype.itemsize * math.prod(shape)
     if data_offset - offset + nbytes != length or offset + length > os.path.getsize(where):
         raise ValueError(f"array {name}: truncated or padded file")
     if mmap:
@@ -239,6 +317,50 @@ def _read_array(where: str, offset: int, length: int, entry: dict, mmap: bool, n
     with open(where, "rb") as f:
         f.seek(data_offset)
         return np.fromfile(f, dtype=dtype, count=int(np.prod(shape, dtype=np.int64))).reshape(shape)
+
+
+_META_FIELDS = {"method": str, "build_params": dict, "default_search": dict, "method_state": dict, "info": dict,
+                "n_classes": int, "dim": int, "arrays": dict}
+_ENTRY_FIELDS = {"file": str, "dtype": str, "shape": list, "sha256": str}
+
+
+def _read_meta(store, path: Path, verify: bool) -> dict:
+    """meta.json parsed, its format, version, checksum (version >= 2, when verify) and field types checked."""
+    try:
+        meta = json.loads(store.meta_bytes())
+        checksum = meta_checksum(meta) if isinstance(meta, dict) else None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"path: {path}: {META} is not valid JSON ({type(err).__name__})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"path: {path} is not a wolindex index (format field is not {FORMAT!r})")
+    version = meta.get("format_version")
+    if type(version) is not int or not 1 <= version <= FORMAT_VERSION:
+        raise ValueError(f"path: {path} has format version {version!r}; this wolindex ({__version__}) "
+                         f"reads versions 1..{FORMAT_VERSION}")
+    if verify and version >= 2 and meta.get("meta_sha256") != checksum:
+        raise ValueError(f"path: {path}: checksum mismatch in {META} (file damaged or altered)")
+    _check_fields(meta, _META_FIELDS, path, META)
+    for name, entry in meta["arrays"].items():
+        if not isinstance(entry, dict):
+            raise ValueError(f"path: {path}: bad array entry {name!r} in {META}")
+        _check_fields(entry, _ENTRY_FIELDS, path, f"{META} arrays.{name}")
+        if not all(type(n) is int and 0 <= n < 2 ** 62 for n in entry["shape"]):
+            raise ValueError(f"path: {path}: bad shape {entry['shape']!r} for array {name!r} in {META}")
+    for name in ("n_classes", "dim"):
+        if not 1 <= meta[name] < 2 ** 62:
+            raise ValueError(f"path: {path}: {name} in {META} must be a positive int, got {meta[name]}")
+    if meta.get("layer", "included") not in ("included", "external"):
+        raise ValueError(f"path: {path}: layer in {META} must be 'included' or 'external'")
+    return meta
+
+
+def _check_fields(d: dict, fields: dict, path: Path, where: str) -> None:
+    for name, kind in fields.items():
+        if name not in d:
+            raise ValueError(f"path: {path}: {where} lacks the field {name!r}")
+        if not isinstance(d[name], kind) or isinstance(d[name], bool):
+            raise ValueError(f"path: {path}: field {name!r} of {where} must be of type {kind.__name__}, "
+                             f"got {type(d[name]).__name__}")
 
 
 def load_index(path, mmap: bool = False, verify: bool = True, layer: OutputLayer | None = None) -> Index:
@@ -252,16 +374,7 @@ def load_index(path, mmap: bool = False, verify: bool = True, layer: OutputLayer
         store = _Zip(path)
     else:
         raise FileNotFoundError(f"path: {path} does not exist")
-    try:
-        meta = json.loads(store.meta_bytes())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"path: {path}: {META} is not valid JSON ({err})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"path: {path} is not a wolindex index (format field is not {FORMAT!r})")
-    version = meta.get("format_version")
-    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
-        raise ValueError(f"path: {path} has format version {version!r}; this wolindex ({__version__}) "
-                         f"reads versions 1..{FORMAT_VERSION}")
+    meta = _read_meta(store, path, verify)
     method_cls = get_method(meta["method"])
     arrays = {}
     for name, entry in meta["arrays"].items():
@@ -290,9 +403,19 @@ def _layer_of(arrays: dict, meta: dict, path: Path) -> OutputLayer:
     if W is None or b is None or W.dtype != np.float32 or W.shape != (D, d) or b.dtype != np.float32 \
             or b.shape != (D,) or (counts is not None and (counts.dtype != np.int64 or counts.shape != (D,))):
         raise ValueError(f"path: {path}: the layer arrays do not match n_classes={D}, dim={d}")
+    if not (_all_finite(W) and _all_finite(b)):
+        raise ValueError(f"path: {path}: the layer's W or b holds NaN or Inf")
+    if counts is not None and counts.min() < 0:
+        raise ValueError(f"path: {path}: the layer's class_counts holds negative counts")
     scoring, epsilon = meta.get("scoring", "logit"), meta.get("epsilon", 0.0)
     check_scoring(scoring, epsilon)
     return OutputLayer(W, b, counts, scoring, epsilon)
+
+
+def _all_finite(a: np.ndarray, block: int = 1 << 24) -> bool:
+    """np.isfinite(a).all(), a block of rows at a time (a may be a memory-mapped (D, d) matrix)."""
+    rows = max(1, block // max(1, a[0].size if a.ndim > 1 and len(a) else 1))
+    return all(np.isfinite(a[lo:lo + rows]).all() for lo in range(0, len(a), rows))
 
 
 def _external_layer(layer, meta: dict, path: Path, verify: bool) -> OutputLayer:

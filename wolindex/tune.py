@@ -11,6 +11,7 @@ from .arrays import as_labels, as_queries, check_k
 from .bench import compare_speed
 from .engine import exact_topk
 from .metrics import p_at_k, true_recall_at_k
+from .params import check_int, check_number
 
 
 def tune(index, H_val, k: int = 10, *, target_p1: float | None = None, target_recall: float | None = None,
@@ -24,9 +25,16 @@ def tune(index, H_val, k: int = 10, *, target_p1: float | None = None, target_re
     reached when no setting meets the target."""
     if (target_p1 is None) == (target_recall is None):
         raise ValueError("target_p1 / target_recall: give exactly one")
+    target_name = "target_p1" if target_p1 is not None else "target_recall"
     target = target_p1 if target_p1 is not None else target_recall
-    if not 0.0 < target <= 1.0:
-        raise ValueError(f"target: expected a fraction in (0, 1], got {target}")
+    check_number(target_name, target)
+    if not target <= 1.0:
+        raise ValueError(f"{target_name}: expected a fraction in (0, 1], got {target}")
+    check_int("batch", batch, 1)
+    check_int("n_batches", n_batches, 1)
+    if grid is not None and (not isinstance(grid, (list, tuple)) or not grid
+                             or not all(isinstance(g, dict) for g in grid)):
+        raise ValueError(f"grid: expected a non-empty list of dicts of search settings, got {grid!r}")
     Q = as_queries(H_val, index.dim, "H_val")
     k = check_k(k, index.n_classes)
     if target_recall is not None:
@@ -53,7 +61,7 @@ def tune(index, H_val, k: int = 10, *, target_p1: float | None = None, target_re
     meeting = [t for t in tried if t[metric_name] >= target]
     if not meeting:
         best = max(tried, key=lambda t: t[metric_name])
-        raise ValueError(f"target: no setting reaches {metric_name} >= {target}; the best is "
+        raise ValueError(f"{target_name}: no setting reaches {metric_name} >= {target}; the best is "
                          f"{best[metric_name]:.4f} with {best['settings']}")
     batch = min(batch, Q.shape[0])
     runners = {str(i): partial(index.search, k=k, **t["settings"]) for i, t in enumerate(meeting)}
