@@ -163,3 +163,28 @@ def test_bad_search_settings(index):
         index.search(H, 3, n_probe=2)
     with pytest.raises(ValueError, match="engine: expected one of"):
         index.search(H, 3, engine="cuda")
+
+
+def test_integers_past_int64():
+    """uint64 values past int64 are refused, never wrapped to negative numbers."""
+    counts = np.ones(300, np.uint64)
+    counts[7] = 2 ** 63 + 5
+    with pytest.raises(ValueError, match="class_counts: counts must fit in int64, got 9223372036854775813"):
+        wolindex.OutputLayer.from_arrays(W, b, counts)
+    with pytest.raises(ValueError, match="class_counts: counts must fit in int64"):
+        wolindex.build(W, b, class_counts=counts)
+    counts[7] = 2 ** 63 - 1
+    assert wolindex.OutputLayer.from_arrays(W, b, counts).class_counts[7] == 2 ** 63 - 1
+    labels = np.array([0, 1, 2, 3, 2 ** 63 + 5], np.uint64)
+    with pytest.raises(ValueError, match=r"labels: .* got range \[0, 9223372036854775813\]"):
+        wolindex.build(W, b, train=H, labels=labels)
+    labels[4] = 299
+    wolindex.build(W, b, train=H, labels=labels)
+
+
+def test_torch_bfloat16_is_exact():
+    torch = pytest.importorskip("torch")
+    values = torch.tensor([0.0, -0.0, 1e-40, -3.5, 3e38, float("inf"), float("nan")]).to(torch.bfloat16)
+    got = to_numpy(values, "H")
+    assert got.dtype.name == "bfloat16"
+    np.testing.assert_array_equal(got.astype(np.float32).view(np.uint32), values.float().numpy().view(np.uint32))

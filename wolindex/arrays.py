@@ -7,14 +7,10 @@ for float32 is reported as non-finite, never clipped). Integer, boolean and comp
 """
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
-
-
-def _bfloat16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
-    """uint16 bit patterns of bfloat16 values -> the same values as float32 (exact)."""
-    return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
 def _from_torch(x):
@@ -22,7 +18,7 @@ def _from_torch(x):
 
     x = x.detach()
     if x.dtype == torch.bfloat16:
-        return _bfloat16_bits_to_float32(x.view(torch.int16).cpu().numpy().view(np.uint16))
+        return x.view(torch.int16).cpu().numpy().view(ml_dtypes.bfloat16)
     return x.cpu().numpy()
 
 
@@ -36,7 +32,7 @@ def _from_cuda_array(x, name: str):
 
 
 def to_numpy(x, name: str) -> np.ndarray:
-    """Any array-like -> np.ndarray without changing its dtype (bfloat16 from torch becomes float32).
+    """Any array-like -> np.ndarray without changing its dtype (bfloat16 from torch: ml_dtypes.bfloat16).
 
     Accepts np.ndarray, torch.Tensor (CPU or CUDA), objects with ``__cuda_array_interface__`` (CuPy),
     ``__dlpack__`` or ``__array__`` (JAX, ...), and nested lists."""
@@ -95,10 +91,9 @@ def as_labels(y, n: int, n_classes: int, name: str = "labels") -> np.ndarray:
         raise TypeError(f"{name}: expected an integer dtype, got {a.dtype}")
     if a.ndim != 1 or a.shape[0] != n:
         raise ValueError(f"{name}: expected shape ({n},), got {a.shape}")
-    a = a.astype(np.int64)
-    if n and (a.min() < 0 or a.max() >= n_classes):
+    if n and (a.min() < 0 or a.max() >= n_classes):  # in a's own dtype, so a uint64 id past int64 cannot wrap
         raise ValueError(f"{name}: class ids must lie in [0, {n_classes}), got range [{a.min()}, {a.max()}]")
-    return a
+    return a.astype(np.int64)
 
 
 def check_k(k, n_classes: int) -> int:

@@ -47,6 +47,8 @@ class OutputLayer:
                 raise ValueError(f"class_counts: expected shape ({D},), got {counts.shape}")
             if counts.min() < 0:
                 raise ValueError("class_counts: counts must be >= 0")
+            if counts.max() > np.iinfo(np.int64).max:
+                raise ValueError(f"class_counts: counts must fit in int64, got {counts.max()}")
             counts = np.ascontiguousarray(counts, dtype=np.int64)
         return cls(W32, b32, counts, scoring, float(epsilon))
 
