@@ -1,11 +1,14 @@
 """Adaptive-softmax frequency clusters: certified mode = exact search (ties included), approximate mode
 accuracy floors and monotonicity, cutoffs (checked, chosen), save / load."""
+import tracemalloc
+
 import numpy as np
 import pytest
 
 import wolindex
 from wolindex.data import synthetic
 from wolindex.engine.dispatch import merge_topk
+from wolindex.methods import adaptive
 from wolindex.methods.frequency_clusters import (check_cutoffs, choose_cutoffs, geometric_cutoffs,
                                                  ideal_opening_cost)
 from wolindex.metrics import p_at_k
@@ -89,6 +92,36 @@ def test_save_load_identical(index, tmp_path):
     for settings in ({}, {"mode": "certified"}, {"margin": 0.5, "beat_rank": 1}):
         a, b = index.search(DATA.H_test, 10, **settings), loaded.search(DATA.H_test, 10, **settings)
         assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("mode", adaptive.MODES)
+@pytest.mark.parametrize("setting, value", [("SEARCH_BLOCK", 64), ("ROUTING_CELLS", 100)])
+def test_search_in_steps_gives_the_same_results(index, monkeypatch, mode, setting, value):
+    """Queries go through search in steps (SEARCH_BLOCK, or ROUTING_CELLS per tail block); the fused path is
+    batch-independent, so the results equal one pass over the batch."""
+    whole = index.search(DATA.H_test, 10, mode=mode, path="fused", return_n_scored=True)
+    n_blocks = index.method.block_cluster.size
+    monkeypatch.setattr(adaptive, setting, value * (n_blocks if setting == "ROUTING_CELLS" else 1))
+    steps = index.search(DATA.H_test, 10, mode=mode, path="fused", return_n_scored=True)
+    assert all(np.array_equal(a, b) for a, b in zip(whole, steps))
+
+
+def test_search_memory_does_not_grow_with_the_batch():
+    """Peak extra memory of a search (NumPy allocations, traced) at 20,000 queries stays near that at 5,000:
+    routing state is held for one step of queries at a time (before: about 4x)."""
+    W, b = random_layer(5000, 16, seed=21)
+    idx = wolindex.build(W, b, method="adaptive", train=random_queries(2000, 16, seed=22), cutoffs=[500, 1500],
+                         class_counts=np.random.default_rng(23).integers(0, 100, 5000), **FAST)
+    H = random_queries(20000, 16, seed=24)
+    for mode in adaptive.MODES:
+        idx.search(H[:100], 1, mode=mode)                       # compiled kernels, engine workspaces
+        peaks = []
+        for n in (5000, 20000):
+            tracemalloc.start()
+            idx.search(H[:n], 1, mode=mode)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+            tracemalloc.stop()
+        assert peaks[1] < 1.5 * peaks[0], (mode, peaks)
 
 
 def test_given_cutoffs_and_frequency_sources():

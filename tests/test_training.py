@@ -87,11 +87,33 @@ def test_train_api_factored_equals_naive_and_learns():
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"loss": "hinge"}, "loss"), ({"algorithm": "fast"}, "algorithm"), ({"lr": 0}, "lr"),
-    ({"epsilon": -1.0}, "epsilon"), ({"dtype": "float16"}, "dtype"), ({"batch_size": 0}, "batch_size")])
+    ({"epsilon": -1.0}, "epsilon"), ({"dtype": "float16"}, "dtype"), ({"batch_size": 0}, "batch_size"),
+    ({"lr": np.inf}, "lr"), ({"lr": np.nan}, "lr"), ({"epsilon": np.inf}, "epsilon"),
+    ({"refactor_cond": np.inf}, "refactor_cond"), ({"refactor_cond": 0.0}, "refactor_cond"),
+    ({"epochs": 1.0}, "epochs"), ({"seed": -1}, "seed"), ({"seed": 1.5}, "seed"),
+    ({"check_every": np.bool_(True)}, "check_every"),
+    ({"dtype": ["float32"]}, "dtype")])
 def test_bad_arguments(kwargs, match):
     W, b, _ = problem()
     with pytest.raises((ValueError, TypeError), match=match):
         wolindex.train(W, b, np.zeros((4, DIM)), np.zeros(4, np.int64), verbose=False, **kwargs)
+
+
+def test_numpy_scalar_settings_are_taken():
+    W, b, rng = problem()
+    H, labels = rng.standard_normal((64, DIM)), rng.integers(0, D, 64)
+    plain = wolindex.train(W, b, H, labels, lr=0.05, epochs=2, batch_size=8, verbose=False)
+    scalars = wolindex.train(W, b, H, labels, lr=np.float32(0.05), epochs=np.int64(2), batch_size=np.int32(8),
+                             epsilon=np.float64(1e-3), check_every=np.int64(100), seed=np.int64(0), verbose=False)
+    np.testing.assert_allclose(scalars.W, plain.W, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")
+def test_divergence_is_an_error():
+    W, b, rng = problem()
+    with pytest.raises(ValueError, match="^lr: training diverged"):
+        wolindex.train(W, b, 10 * rng.standard_normal((64, DIM)), rng.integers(0, D, 64), loss="squared", lr=1e30,
+                       batch_size=8, algorithm="naive", verbose=False)
 
 
 def test_bad_targets():

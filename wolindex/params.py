@@ -5,8 +5,11 @@ rejected with an error naming the setting."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from .engine.dispatch import PATHS, check_engine
 
@@ -20,8 +23,11 @@ class Params:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None = None, **more: Any):
-        """Settings from a dict (and keyword overrides); raises TypeError naming an unknown setting."""
-        values = {**(values or {}), **more}
+        """Settings from a dict (and keyword overrides); raises TypeError naming an unknown setting. NumPy
+        scalars become the Python int / float / bool / str they hold, so to_dict() stays JSON-serialisable."""
+        if values is not None and not isinstance(values, dict):
+            raise TypeError(f"values: expected a dict of settings, got {type(values).__name__}")
+        values = {name: _plain(v) for name, v in {**(values or {}), **more}.items()}
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(values) - set(names))
         if unknown:
@@ -37,21 +43,46 @@ class Params:
         """Raise ValueError / TypeError for settings out of range; subclasses extend this."""
 
 
-def check_int(name: str, value, low: int, high: int | None = None) -> None:
-    """value must be an int in [low, high]."""
-    if isinstance(value, bool) or not isinstance(value, int):
+def _plain(value):
+    """A NumPy scalar as the Python value it holds (a float for every floating type); anything else as is."""
+    if isinstance(value, np.floating):
+        return float(value)
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _show(value) -> str:
+    """value for an error message: its repr, cut to 60 characters (ints of any size)."""
+    try:
+        text = repr(value)
+    except ValueError:                          # an int past Python's digit limit for str()
+        text = f"an int of {value.bit_length()} bits"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_int(name: str, value, low: int, high: int | None = None) -> int:
+    """value must be an int or NumPy integer (not a bool) in [low, high]; returns it as an int."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
     if value < low or (high is not None and value > high):
         rng = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name}: expected an int {rng}, got {value}")
+        raise ValueError(f"{name}: expected an int {rng}, got {_show(value)}")
+    return int(value)
 
 
-def check_number(name: str, value, allow_zero: bool = False) -> None:
-    """value must be a real number > 0 (>= 0 with allow_zero); NaN is refused."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+def check_number(name: str, value, allow_zero: bool = False, signed: bool = False) -> float:
+    """value must be a finite real number (int, float or NumPy scalar, not a bool; NaN and Inf are refused)
+    > 0 (>= 0 with allow_zero; of any sign with signed); returns it as a float."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
-    if not (value >= 0 if allow_zero else value > 0):
-        raise ValueError(f"{name}: expected a number {'>=' if allow_zero else '>'} 0, got {value}")
+    try:
+        number = float(value)
+    except OverflowError:                       # an int beyond the float range
+        number = math.inf
+    if not math.isfinite(number):
+        raise ValueError(f"{name}: expected a finite number, got {_show(value)}")
+    if not (signed or (number >= 0 if allow_zero else number > 0)):
+        raise ValueError(f"{name}: expected a number {'>=' if allow_zero else '>'} 0, got {_show(value)}")
+    return number
 
 
 @dataclass(frozen=True)

@@ -18,14 +18,18 @@ from ..engine import Buckets, candidate_topk
 from ..engine.dispatch import merge_topk
 from ..params import BuildParams, CandidateSearchParams, check_int, check_number
 from ..teacher import teacher_topk
-from .base import BucketMethod
+from .base import BucketMethod, check_array
 from .frequency_clusters import check_cutoffs, choose_cutoffs, frequency_order
 from .registry import register
 
 GATE_TARGETS = ("mass", "max")
 MODES = ("approximate", "certified")
 QUERY_BLOCK = 512
+SEARCH_BLOCK = 4096        # queries per search step (the engine's own block), so memory is bounded for any N
+ROUTING_CELLS = 2**20      # at most this many (query, tail block) pairs per step: 8 MiB per float64 matrix
 UNIT_ROUNDOFF = 2.0 ** -24
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+BLOCK_BOUNDS = ("block_radius", "block_bias_max", "block_bias_min", "block_norm_max")
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,7 @@ class AdaptiveBuild(BuildParams):
     on the cluster's best logit, 'max' (the default, faster at equal P@1 on debian-lm-100k) to the
     cluster's best logit itself; ridge: gate regularisation
     (relative to the mean squared input); bound_block: rows per bounding block of the certified mode
-    (tail clusters larger than this are split by k-means); seed."""
+    (tail clusters larger than this are split by k-means); seed (below 2^32, k-means' limit)."""
 
     cutoffs: tuple[int, ...] | None = None
     cost_k: int = 10
@@ -50,14 +54,16 @@ class AdaptiveBuild(BuildParams):
         check_int("cost_k", self.cost_k, 1)
         check_int("cost_queries", self.cost_queries, 1)
         check_int("bound_block", self.bound_block, 1)
-        check_int("seed", self.seed, 0)
+        check_int("seed", self.seed, 0, 2**32 - 1)
         if self.gate_target not in GATE_TARGETS:
             raise ValueError(f"gate_target: expected one of {GATE_TARGETS}, got {self.gate_target!r}")
         check_number("ridge", self.ridge, allow_zero=True)
         if self.cutoffs is not None:
-            if isinstance(self.cutoffs, (str, bytes)) or not all(
+            if not (isinstance(self.cutoffs, (list, tuple, range))
+                    or isinstance(self.cutoffs, np.ndarray) and self.cutoffs.ndim == 1) or not all(
                     isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in self.cutoffs):
                 raise TypeError(f"cutoffs: expected a sequence of ints, got {self.cutoffs!r}")
+            object.__setattr__(self, "cutoffs", tuple(int(c) for c in self.cutoffs))
 
     def to_dict(self):
         out = super().to_dict()
@@ -69,7 +75,8 @@ class AdaptiveBuild(BuildParams):
 class AdaptiveSearch(CandidateSearchParams):
     """mode: 'approximate' (gates) or 'certified' (bounds; the exact top-k); margin: nats added to each
     gate before comparing it with the head's beat_rank-th best logit (higher: more clusters, more
-    accurate); beat_rank: that rank, 0 for k (1 opens only clusters that may hold the top-1)."""
+    accurate; finite and within float32 range, the gates' precision); beat_rank: that rank, 0 for k (1
+    opens only clusters that may hold the top-1)."""
 
     mode: str = "approximate"
     margin: float = 2.0
@@ -79,8 +86,8 @@ class AdaptiveSearch(CandidateSearchParams):
         super().validate()
         if self.mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {self.mode!r}")
-        if isinstance(self.margin, bool) or not isinstance(self.margin, (int, float)) or not np.isfinite(self.margin):
-            raise ValueError(f"margin: expected a finite number, got {self.margin!r}")
+        if abs(check_number("margin", self.margin, signed=True)) > FLOAT32_MAX:
+            raise ValueError(f"margin: expected a number within float32 range, got {self.margin!r}")
         check_int("beat_rank", self.beat_rank, 0)
 
 
@@ -179,21 +186,24 @@ class AdaptiveSoftmax(BucketMethod):
     supports_spherical = True
 
     def __init__(self, layer, arrays=None, state=None):
-        """From built (or loaded) arrays: bucket 0 is the head, buckets 1.. the tail's bounding blocks."""
+        """From built (or loaded) arrays, checked: bucket 0 is the head, buckets 1.. the tail's bounding
+        blocks, cluster j owning blocks cluster_ptr[j]:cluster_ptr[j + 1] (at least one each)."""
         super().__init__(layer, arrays, state)
-        a = self.arrays
+        a, d = self.arrays, layer.dim
         n_blocks = self.buckets.n_buckets - 1
-        ptr = a["cluster_ptr"]
-        n_clusters = ptr.shape[0] - 1
-        if (ptr.ndim != 1 or ptr[0] != 0 or ptr[-1] != n_blocks or np.any(np.diff(ptr) < 1)
-                or a["gate_V"].shape != (n_clusters, layer.dim) or a["gate_c"].shape != (n_clusters,)
-                or a["block_centre"].shape != (n_blocks, layer.dim)
-                or any(a[n].shape != (n_blocks,)
-                       for n in ("block_radius", "block_bias_max", "block_bias_min", "block_norm_max"))):
-            raise ValueError("adaptive: the saved arrays do not describe one head, its clusters and their blocks")
-        if np.unique(self.buckets.indices).size != layer.n_classes or self.buckets.indices.size != layer.n_classes:
-            raise ValueError("adaptive: head and blocks must hold every class exactly once")
-        self.block_cluster = np.repeat(np.arange(n_clusters), np.diff(ptr))
+        ptr = check_array(a, "cluster_ptr", np.int64, (None,))
+        J = ptr.shape[0] - 1
+        if J < 1 or ptr[0] != 0 or ptr[-1] != n_blocks or np.any(ptr > n_blocks) or np.any(np.diff(ptr) < 1):
+            raise ValueError(f"arrays: cluster_ptr must rise from 0 to the {n_blocks} tail blocks in steps >= 1")
+        self.check_arrays({"cluster_ptr": (np.int64, (J + 1,)), "gate_V": (np.float32, (J, d)),
+                           "gate_c": (np.float32, (J,)), "block_centre": (np.float32, (n_blocks, d)),
+                           **dict.fromkeys(BLOCK_BOUNDS, (np.float64, (n_blocks,)))})
+        if np.any(a["block_radius"] < 0) or np.any(a["block_norm_max"] < 0) \
+                or np.any(a["block_bias_min"] > a["block_bias_max"]):
+            raise ValueError("arrays: block_radius and block_norm_max must be >= 0, block_bias_min <= block_bias_max")
+        if self.buckets.indices.size != layer.n_classes or np.unique(self.buckets.indices).size != layer.n_classes:
+            raise ValueError("arrays: the head and blocks (indices) must hold every class exactly once")
+        self.block_cluster = np.repeat(np.arange(J), np.diff(ptr))
 
     @classmethod
     def build(cls, layer, params, train, labels, verbose):
@@ -258,6 +268,19 @@ class AdaptiveSoftmax(BucketMethod):
         return k if params.mode == "certified" or params.beat_rank == 0 else min(k, params.beat_rank)
 
     def search(self, layer, H, k, params):
+        """Queries in steps of at most SEARCH_BLOCK (and ROUTING_CELLS / tail blocks), so the routing state
+        (queries x tail blocks) stays bounded for any N."""
+        N = H.shape[0]
+        step = max(1, min(SEARCH_BLOCK, ROUTING_CELLS // self.block_cluster.size))
+        if N <= step:
+            return self._search_block(layer, H, k, params)
+        scores, labels, n_scored = np.empty((N, k), np.float32), np.empty((N, k), np.int64), np.empty(N, np.int64)
+        for lo in range(0, N, step):
+            scores[lo:lo + step], labels[lo:lo + step], n_scored[lo:lo + step] = self._search_block(
+                layer, H[lo:lo + step], k, params)
+        return scores, labels, n_scored
+
+    def _search_block(self, layer, H, k, params):
         N = H.shape[0]
         common = dict(engine=params.engine, path=params.path, packed=self.packed, square=layer.square)
         head_s, head_l, head_n = candidate_topk(layer.W, layer.b, H, k, self.buckets, np.zeros((N, 1), np.int32),

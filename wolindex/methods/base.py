@@ -7,7 +7,7 @@ import numpy as np
 
 from ..engine import Buckets, PackedRows
 from ..layer import OutputLayer
-from ..params import BuildParams, SearchParams
+from ..params import BuildParams, SearchParams, check_int
 
 
 def check_array(arrays: dict[str, np.ndarray], name: str, dtype, shape: tuple, finite: bool = True) -> np.ndarray:
@@ -27,6 +27,13 @@ def check_array(arrays: dict[str, np.ndarray], name: str, dtype, shape: tuple, f
     return a
 
 
+def check_state_int(state: dict[str, Any], name: str, low: int, high: int | None = None) -> int:
+    """state[name], which must be there and be an int in [low, high] (a loaded file's JSON)."""
+    if name not in state:
+        raise ValueError(f"state: {name} is missing")
+    return check_int(f"state: {name}", state[name], low, high)
+
+
 class Method:
     """One builder + its search. Subclasses set `name`, `Build`, `Search` and implement build / search.
 
@@ -39,6 +46,9 @@ class Method:
     supports_spherical: ClassVar[bool] = False   # whether search honours layer.square (rank by o^2)
 
     def __init__(self, arrays: dict[str, np.ndarray] | None = None, state: dict[str, Any] | None = None):
+        for name, value in (("arrays", arrays), ("state", state)):
+            if value is not None and not isinstance(value, dict):
+                raise TypeError(f"{name}: expected a dict, got {type(value).__name__}")
         self.arrays = dict(arrays or {})
         self.state = dict(state or {})
 
@@ -74,13 +84,28 @@ class BucketMethod(Method):
     def __init__(self, layer: OutputLayer, arrays: dict[str, np.ndarray] | None = None,
                  state: dict[str, Any] | None = None):
         super().__init__(arrays, state)
-        self.buckets = Buckets(self.arrays["indptr"], self.arrays["indices"])
+        self.check_arrays({"indptr": (np.int64, (None,)), "indices": (np.int32, (None,))}, others=None)
+        indptr, indices = self.arrays["indptr"], self.arrays["indices"]
+        if np.any(indptr < 0) or np.any(indptr > indices.shape[0]):   # no int64 wrap-around in validate
+            raise ValueError(f"arrays: indptr values must lie in [0, {indices.shape[0]}] (the length of indices)")
+        self.buckets = Buckets(indptr, indices)
         self.buckets.validate(layer.n_classes)
         self.packed = PackedRows.of(self.buckets, layer.W, layer.b)
 
     @classmethod
     def restore(cls, layer, arrays, state):
         return cls(layer, arrays, state)
+
+    def check_arrays(self, specs: dict[str, tuple], others: tuple | None = ("indptr", "indices")) -> None:
+        """Check arrays with check_array: specs maps each name to its (dtype, shape); every name must be there
+        and match, and (unless others is None) any name outside specs and others is refused. Checked arrays
+        are kept C-contiguous (a copy only for a strided array), the layout the kernels are compiled for."""
+        if others is not None:
+            extra = sorted(str(name) for name in set(self.arrays) - set(specs) - set(others))
+            if extra:
+                raise ValueError(f"arrays: unexpected {extra} for method {self.name!r}")
+        for name, (dtype, shape) in specs.items():
+            self.arrays[name] = np.ascontiguousarray(check_array(self.arrays, name, dtype, shape))
 
     def nbytes(self) -> int:
         """Saved arrays plus the packed copy of the buckets' rows of W."""

@@ -10,7 +10,7 @@ import numpy as np
 from ..engine import Buckets, PackedRows, candidate_topk, exact_topk
 from ..params import BuildParams, CandidateSearchParams, check_int, check_number
 from ..teacher import teacher_topk
-from .base import BucketMethod
+from .base import BucketMethod, check_state_int
 from .ds_training import DSTrainer, Gate, TrainConfig
 from .registry import register
 
@@ -24,7 +24,7 @@ class DSBuild(BuildParams):
     to the last one; batch_size; gate_lr (Adam); expert_lr (proximal SGD); lasso: group-lasso weight;
     prune_below: row norm under which a row leaves its expert; balance: importance-loss weight;
     label_weight / distill_weight: cross-entropy on the labels and on the exact top-`distill_k`
-    distribution; split_margin: how far apart (in standard deviations of the expert's queries along their
+    distribution (distill_k at most D); split_margin: how far apart (in standard deviations of the expert's queries along their
     leading direction) the twins' gate logits start at mitosis; complete_k: after training, give each
     expert the exact top-complete_k classes of the training queries routed to it (0: off; an addition to
     the paper that guarantees the training queries' top classes are found with n_probe=1);
@@ -98,24 +98,35 @@ class DSSoftmax(BucketMethod):
     Search = DSSearch
 
     def __init__(self, layer, arrays=None, state=None):
-        """From trained (or loaded) arrays: checked, since a damaged file must not reach the kernels."""
+        """From trained (or loaded) arrays and state: checked, since a damaged file must not reach the kernels.
+        gate.U (K, state gate_hidden or d), gate.c (K,) and with a hidden layer gate.U1 (gate_hidden, d),
+        gate.c1 (gate_hidden,), float32; rehomed int32 class ids; optionally adapted_W (nnz, d), adapted_b
+        (nnz,) float32."""
         super().__init__(layer, arrays, state)
-        a = self.arrays
-        self.gate = Gate.from_arrays({k[len("gate."):]: v for k, v in a.items() if k.startswith("gate.")},
-                                     self.state["gate_hidden"])
-        gate_in = self.state["gate_hidden"] or layer.dim
-        if self.gate.params["U"].shape != (self.buckets.n_buckets, gate_in):
-            raise ValueError(f"ds: gate of shape {self.gate.params['U'].shape} does not fit "
-                             f"{self.buckets.n_buckets} experts over inputs of size {gate_in}")
+        a, d = self.arrays, layer.dim
+        hidden = check_state_int(self.state, "gate_hidden", 0)
+        K, nnz = self.buckets.n_buckets, self.buckets.indices.shape[0]
+        if K < 1:
+            raise ValueError("arrays: indptr must describe at least one expert")
+        gate = {"U": (K, hidden or d), "c": (K,), **({"U1": (hidden, d), "c1": (hidden,)} if hidden else {})}
+        adapted = {"adapted_W": (nnz, d), "adapted_b": (nnz,)} if "adapted_W" in a or "adapted_b" in a else {}
+        self.check_arrays({"rehomed": (np.int32, (None,)),
+                           **{f"gate.{name}": (np.float32, shape) for name, shape in gate.items()},
+                           **{name: (np.float32, shape) for name, shape in adapted.items()}})
+        if np.any(a["rehomed"] < 0) or np.any(a["rehomed"] >= layer.n_classes):
+            raise ValueError(f"arrays: rehomed class ids must lie in [0, {layer.n_classes})")
+        self.gate = Gate.from_arrays({name: a[f"gate.{name}"] for name in gate}, hidden)
         self.adapted = None
-        if "adapted_W" in a:
+        if adapted:
             self.adapted = PackedRows.from_arrays(a["adapted_W"], a["adapted_b"])
-            self.adapted.validate(self.buckets, layer.dim)
+            self.adapted.validate(self.buckets, d)
 
     @classmethod
     def build(cls, layer, params, train, labels, verbose):
         if train is None:
             raise ValueError("train: method 'ds' learns from sample hidden states; pass train=H (N, d)")
+        if params.distill_k > layer.n_classes:
+            raise ValueError(f"distill_k: at most the {layer.n_classes} classes, got {params.distill_k}")
         started = time.perf_counter()
         t_labels, t_probs = teacher_topk(layer, train, params.distill_k, verbose)
         teacher_s = time.perf_counter() - started

@@ -287,7 +287,7 @@ class DSTrainer:
         g = np.exp(logits)
         g /= g.sum(axis=1, keepdims=True)
         if cfg.capacity_factor > 0 and K > 1:
-            chosen = _balanced_assignment(logits, capacity=int(np.ceil(cfg.capacity_factor * B / K)))
+            chosen = _balanced_assignment(logits, capacity=int(min(B, np.ceil(cfg.capacity_factor * B / K))))
         else:
             chosen = np.argmax(g, axis=1)
         G = g[np.arange(B), chosen]
@@ -413,6 +413,9 @@ class DSTrainer:
                 break
             self.split()
             stage += 1
+        if not all(np.isfinite(p).all() for p in self.gate.params.values()):
+            raise ValueError("expert_lr, gate_lr, split_margin: DS training diverged (non-finite gate weights); "
+                             "try smaller values")
         route = self.gate.route(self.H, 1)[:, 0]
         self.completed = self.complete_supports(route)
         self.rehomed = self.rehome_orphans(route)

@@ -17,17 +17,18 @@ from tqdm.auto import tqdm
 from ..engine import Buckets, candidate_topk, exact_topk
 from ..params import BuildParams, CandidateSearchParams, check_int, check_number
 from ..teacher import teacher_topk
-from .base import BucketMethod
+from .base import BucketMethod, check_state_int
 from .registry import register
 
 
 @dataclass(frozen=True)
 class LSSBuild(BuildParams):
-    """n_tables: L; n_buckets: B per table; rounds: train-then-reassign rounds; epochs: passes over the
-    training queries per round; batch_size; lr (Adam); max_copies: buckets a label may live in per table;
-    bucket_cap: at reassignment a bucket takes at most bucket_cap * D / B labels (those with most queries
-    landing there; the others keep their clustering bucket), so popular buckets do not swallow the
-    vocabulary; 0 for no cap; seed."""
+    """n_tables: L; n_buckets: B per table (at most D: a layer of fewer classes gets D buckets per table);
+    rounds: train-then-reassign rounds; epochs: passes over the training queries per round; batch_size; lr
+    (Adam); max_copies: buckets a label may live in per table; bucket_cap: at reassignment a bucket takes at
+    most bucket_cap * D / B labels (those with most queries landing there; the others keep their clustering
+    bucket), so popular buckets do not swallow the vocabulary; 0 for no cap; seed: table t's k-means uses
+    seed + t, which must stay below 2^32 (k-means' limit)."""
 
     n_tables: int = 2
     n_buckets: int = 1024
@@ -45,7 +46,7 @@ class LSSBuild(BuildParams):
         check_int("rounds", self.rounds, 0)
         check_int("batch_size", self.batch_size, 1)
         check_int("max_copies", self.max_copies, 1)
-        check_int("seed", self.seed, 0)
+        check_int("seed", self.seed, 0, 2**32 - self.n_tables)
         check_number("bucket_cap", self.bucket_cap, allow_zero=True)
         check_number("epochs", self.epochs)
         check_number("lr", self.lr)
@@ -112,6 +113,8 @@ class HashTable:
             loss, g = _softmax_ce_grad(X @ V.T + c, target_bucket_of_query[rows])
             opt.step([V, c], [g.T @ X, g.sum(axis=0)])
             progress(loss)
+        if not (np.isfinite(V).all() and np.isfinite(c).all()):
+            raise ValueError("lr: the hash training diverged (non-finite weights); try a smaller lr")
         self.V, self.c = V, c
 
 
@@ -163,13 +166,16 @@ class LSS(BucketMethod):
     Search = LSSSearch
 
     def __init__(self, layer, arrays=None, state=None):
+        """From built (or loaded) arrays and state, checked: state n_tables L and n_buckets B, the L * B
+        buckets (table t's are t * B .. t * B + B - 1) and their hash rows hash_V (L * B, d), hash_c (L * B,)
+        float32."""
         super().__init__(layer, arrays, state)
-        a = self.arrays
-        L, B = self.state["n_tables"], self.state["n_buckets"]
-        if self.buckets.n_buckets != L * B or a["hash_V"].shape != (L * B, layer.dim) or a["hash_c"].shape != (L * B,):
-            raise ValueError(f"lss: arrays do not describe {L} tables of {B} buckets over d={layer.dim}")
-        self.hash_V = np.ascontiguousarray(a["hash_V"], np.float32)
-        self.hash_c = np.ascontiguousarray(a["hash_c"], np.float32)
+        L, B = check_state_int(self.state, "n_tables", 1), check_state_int(self.state, "n_buckets", 1)
+        if L * B != self.buckets.n_buckets:
+            raise ValueError(f"state: n_tables x n_buckets = {L} x {B} does not match the "
+                             f"{self.buckets.n_buckets} buckets of the arrays")
+        self.check_arrays({"hash_V": (np.float32, (L * B, layer.dim)), "hash_c": (np.float32, (L * B,))})
+        self.hash_V, self.hash_c = self.arrays["hash_V"], self.arrays["hash_c"]
 
     @classmethod
     def build(cls, layer, params, train, labels, verbose):
@@ -179,6 +185,10 @@ class LSS(BucketMethod):
         if y is None:
             y = teacher_topk(layer, train, 1, verbose)[0][:, 0]
         B = min(params.n_buckets, layer.n_classes)
+        cap = int(min(params.bucket_cap * layer.n_classes / B, layer.n_classes))  # labels; D or more: no limit
+        if params.bucket_cap and not cap:
+            raise ValueError(f"bucket_cap: {params.bucket_cap} x D / B is under one label; give 0 (no cap) "
+                             f"or at least B / D = {B / layer.n_classes:.3g}")
         rng = np.random.default_rng(params.seed)
         tables, lists, history = [], [], []
         bar = tqdm(total=params.n_tables * (params.rounds + 1), desc="lss: tables x rounds", disable=not verbose)
@@ -192,8 +202,7 @@ class LSS(BucketMethod):
             for _ in range(params.rounds):
                 target = _target_buckets(bucket_lists, y, rng)
                 table.train(train, target, params.epochs, params.batch_size, params.lr, rng, losses.append)
-                bucket_lists = reassign(B, table.landing(train), y, layer.n_classes, params.max_copies,
-                                        int(params.bucket_cap * layer.n_classes / B), first)
+                bucket_lists = reassign(B, table.landing(train), y, layer.n_classes, params.max_copies, cap, first)
                 recall.append(_label_recall(table, bucket_lists, train, y))
                 bar.update(1)
             history.append({"table": t, "train_label_in_top_bucket": recall,

@@ -80,16 +80,16 @@ def train(W, b, H, targets, *, values=None, loss: str = "spherical", epsilon: fl
     check_loss(loss)
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm: expected one of {ALGORITHMS}, got {algorithm!r}")
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise ValueError(f"dtype: expected one of {sorted(DTYPES)}, got {dtype!r}")
     layer = OutputLayer.from_arrays(W, b)
     X = as_queries(H, layer.dim, "H")
     ids, vals = sparse_targets(targets, values, X.shape[0], layer.n_classes)
-    check_int("epochs", epochs, 1)
-    check_int("batch_size", batch_size, 1)
-    check_int("check_every", check_every, 1)
-    for name, value in (("lr", lr), ("epsilon", epsilon), ("refactor_cond", refactor_cond or 1.0)):
-        check_number(name, value)
+    epochs, batch_size = check_int("epochs", epochs, 1), check_int("batch_size", batch_size, 1)
+    check_every, seed = check_int("check_every", check_every, 1), check_int("seed", seed, 0)
+    lr, epsilon = check_number("lr", lr), check_number("epsilon", epsilon)
+    if refactor_cond is not None:
+        refactor_cond = check_number("refactor_cond", refactor_cond)
     if algorithm == "factored":
         state = FactoredLayer(layer.W, layer.b, loss, epsilon, DTYPES[dtype], refactor_cond, check_every)
     else:
@@ -104,6 +104,8 @@ def train(W, b, H, targets, *, values=None, loss: str = "spherical", epsilon: fl
             rows = order[lo:lo + batch_size]
             value, _ = state.step(X[rows], ids[rows], vals[rows], lr)
             total += float(value.sum())
+        if not np.isfinite(total):
+            raise ValueError(f"lr: training diverged in epoch {epoch + 1} (the loss is not finite); try a smaller lr")
         history.append({"epoch": epoch + 1, "mean_loss": total / X.shape[0],
                         "seconds": time.perf_counter() - t0,
                         "refactors": getattr(state, "refactors", 0)})
