@@ -2,6 +2,7 @@
 in tests/cuda_emulator, NumPy standing in for CuPy. Checks selection, exact search (one and several class
 blocks), the fused and tile candidate paths and each method's GPU search against the CPU engine; on a
 machine with a GPU, tests/gpu runs the same code through CuPy."""
+import functools
 import json
 import re
 import sys
@@ -11,15 +12,36 @@ import numpy as np
 import pytest
 
 import cuda_emulator
+import ml_dtypes          # the independent bfloat16 reference (a test dependency: pip install 'wolindex[test]')
 import wolindex
 from conftest import assert_topk_matches, random_layer, random_queries
 from test_candidates import candidate_mask, random_buckets
 from wolindex.data import synthetic
 from wolindex.engine import PackedRows
 from wolindex.gpu import engine, kernels, to_device
-from wolindex.gpu.runtime import rows_to_storage, storage_to_float32
+from wolindex.gpu.runtime import float32_to_bfloat16_bits, queries_to_storage, rows_to_storage, storage_to_float32
 
 pytestmark = pytest.mark.skipif(cuda_emulator.compiler() is None, reason="needs g++ to build the CUDA emulator")
+
+
+def rounded(A, dtype: str) -> np.ndarray:
+    """A (float32) as the device should read it after storing it in dtype, in float64, rounded
+    independently of wolindex: NumPy's float16, ml_dtypes' bfloat16 (both round to nearest even)."""
+    A = np.asarray(A, np.float32)
+    if dtype == "float16":
+        return A.astype(np.float16).astype(np.float64)
+    if dtype == "bfloat16":
+        return A.astype(ml_dtypes.bfloat16).astype(np.float64)
+    return A.astype(np.float64)
+
+
+def stored_bits(A, dtype: str) -> np.ndarray:
+    """The independent reference of rows_to_storage(A, dtype): float32 values, float16 values or bfloat16
+    bit patterns (uint16)."""
+    A = np.asarray(A, np.float32)
+    if dtype == "bfloat16":
+        return A.astype(ml_dtypes.bfloat16).view(np.uint16)
+    return A.astype(np.float16) if dtype == "float16" else A
 
 
 @pytest.fixture(scope="module")
@@ -76,14 +98,14 @@ def test_exact_matches_numpy(rt, monkeypatch, dtype, budget):
     W, b = random_layer(900, 24, seed=2)
     H = random_queries(5, 24)
     Ws = rows_to_storage(W, dtype)
-    Hs = storage_to_float32(np, rows_to_storage(H, dtype), dtype)     # the GEMM rounds queries too
+    np.testing.assert_array_equal(Ws, stored_bits(W, dtype))
     scores, labels = engine.exact_topk(rt, Ws, b, H, 10, dtype)
-    logits = Hs.astype(np.float64) @ storage_to_float32(np, Ws, dtype).T.astype(np.float64) + b
+    logits = rounded(H, dtype) @ rounded(W, dtype).T + b             # the GEMM rounds queries too
     assert_topk_matches(scores, labels, logits, 10)
 
 
 @pytest.mark.parametrize("path", ["fused", "grouped"])
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 def test_candidates_match_cpu(rt, small_blocks, path, dtype):
     """Overlapping buckets (a class in two probed buckets scored twice, kept once), repeated and -1 probes,
     empty buckets; against the full logits restricted to each query's candidates."""
@@ -96,11 +118,154 @@ def test_candidates_match_cpu(rt, small_blocks, path, dtype):
     packed = PackedRows.of(buckets, W, b)
     rows = engine.DeviceBuckets.upload(rt, buckets, packed, dtype)
     scores, labels, n_scored = engine.candidate_topk(rt, rows, H, probes, 6, path)
-    W_read = storage_to_float32(np, rows_to_storage(W, dtype), dtype)
-    logits = H.astype(np.float64) @ W_read.T.astype(np.float64) + b
+    logits = H.astype(np.float64) @ rounded(W, dtype).T + b       # rows rounded, queries not
     assert_topk_matches(scores, labels, logits, 6, cand_mask=candidate_mask(buckets, probes, 400))
     sizes = buckets.sizes()
     np.testing.assert_array_equal(n_scored, np.where(probes >= 0, sizes[np.maximum(probes, 0)], 0).sum(axis=1))
+
+
+# float32 bit pattern -> bfloat16 bit pattern under round-to-nearest-even (worked by hand)
+BF16_CASES = [
+    (0x3F800000, 0x3F80),    # 1.0: exact
+    (0x3F808000, 0x3F80),    # halfway, even neighbour below: down
+    (0x3F818000, 0x3F82),    # halfway, odd below: up to even
+    (0x3F808001, 0x3F81),    # just above halfway: up
+    (0x3F807FFF, 0x3F80),    # just below halfway: down
+    (0x3F80FFFF, 0x3F81),
+    (0xBF808000, 0xBF80),    # negative halfway cases: the magnitude rounds the same way
+    (0xBF818000, 0xBF82),
+    (0xBFFFFFFF, 0xC000),    # carry into the exponent (-1.99999 -> -2)
+    (0x80000000, 0x8000),    # -0.0 keeps its sign
+    (0x00000000, 0x0000),
+    (0x00000001, 0x0000),    # the smallest subnormal rounds to zero
+    (0x00008000, 0x0000),    # subnormal halfway, even: down
+    (0x00018000, 0x0002),    # subnormal halfway, odd: up
+    (0x0000C000, 0x0001),
+    (0x80018001, 0x8002),    # negative subnormal
+    (0x007F8000, 0x0080),    # largest subnormals round up into the normal range
+    (0x807FFFFF, 0x8080),
+    (0x7F7F7FFF, 0x7F7F),    # the largest finite bfloat16 (3.39e38), from just below halfway
+    (0x7F7EC000, 0x7F7F),
+    (0xFF7E8000, 0xFF7E),    # -3.38e38 halfway, even: down
+    (0x7F000001, 0x7F00),    # 1.7e38
+    (0x5F5E1234, 0x5F5E),    # 1.6e19
+]
+
+# float32 value -> float16 bit pattern under round-to-nearest-even (worked by hand)
+F16_CASES = [
+    (1.0, 0x3C00), (1 + 2.0 ** -11, 0x3C00), (1 + 3 * 2.0 ** -11, 0x3C02), (1 + 2.0 ** -11 + 2.0 ** -20, 0x3C01),
+    (-(1 + 3 * 2.0 ** -11), 0xBC02), (-0.0, 0x8000), (2.0 ** -25, 0x0000), (3 * 2.0 ** -25, 0x0002),
+    (2.0 ** -24, 0x0001), (1.5 * 2.0 ** -24, 0x0002), (65504.0, 0x7BFF), (65519.0, 0x7BFF), (-65504.0, 0xFBFF),
+    (2.0 ** -14 - 2.0 ** -25, 0x0400),   # the largest subnormal's halfway to the smallest normal: up, to even
+]
+
+
+def finite_bits(rng, n, halfway=False):
+    """n random float32 values over all exponents (as bit patterns), finite and below the value that
+    rounds to bfloat16 infinity; halfway=True forces the 16 dropped bits to exactly 0x8000."""
+    bits = rng.integers(0, 2 ** 32, n, dtype=np.uint64).astype(np.uint32)
+    if halfway:
+        bits = (bits & np.uint32(0xFFFF0000)) | np.uint32(0x8000)
+    keep = (bits & np.uint32(0x7FFFFFFF)) < np.uint32(0x7F7F8000)
+    return bits[keep]
+
+
+def test_bfloat16_conversion_rounds_to_nearest_even():
+    """Every path that stores float32 as bfloat16 (rows, queries) gives the hand-worked patterns and
+    ml_dtypes' on random and forced-halfway values; storage_to_float32 reads them back exactly."""
+    src = np.array([c[0] for c in BF16_CASES], np.uint32)
+    want = np.array([c[1] for c in BF16_CASES], np.uint16)
+    assert np.array_equal(src.view(np.float32).astype(ml_dtypes.bfloat16).view(np.uint16), want)  # the reference
+    rng = np.random.default_rng(0)
+    bits = np.concatenate([src, finite_bits(rng, 20000), finite_bits(rng, 20000, halfway=True)])
+    bits = bits[:len(bits) // 8 * 8]
+    A = bits.view(np.float32).reshape(-1, 8)
+    ref = A.astype(ml_dtypes.bfloat16).view(np.uint16)
+    for name, got in (("rows_to_storage", rows_to_storage(A, "bfloat16")),
+                      ("float32_to_bfloat16_bits", float32_to_bfloat16_bits(np, A)),
+                      ("queries_to_storage", queries_to_storage(np, A, "bfloat16"))):
+        assert got.dtype == np.uint16 and got.shape == A.shape, name
+        np.testing.assert_array_equal(got.ravel()[:len(want)], want, err_msg=name)
+        bad = np.flatnonzero(got.ravel() != ref.ravel())
+        assert bad.size == 0, f"{name}: {bad.size} values differ, e.g. float32 bits {bits[bad[:3]]}"
+    # strided / non-contiguous input is converted the same way
+    np.testing.assert_array_equal(rows_to_storage(A[:, ::2], "bfloat16"), ref[:, ::2])
+    # read back: exact, sign of zero included
+    back = storage_to_float32(np, ref, "bfloat16")
+    assert back.dtype == np.float32
+    np.testing.assert_array_equal(back.view(np.uint32), ref.view(ml_dtypes.bfloat16).astype(np.float32).view(np.uint32))
+
+
+def test_float16_conversion_rounds_to_nearest_even():
+    A = np.array([c[0] for c in F16_CASES], np.float32)[None]
+    want = np.array([c[1] for c in F16_CASES], np.uint16)[None]
+    for got in (rows_to_storage(A, "float16"), queries_to_storage(np, A, "float16")):
+        assert got.dtype == np.float16
+        np.testing.assert_array_equal(got.view(np.uint16), want)
+    rng = np.random.default_rng(1)
+    R = (rng.standard_normal((300, 16)) * np.exp2(rng.integers(-30, 15, (300, 16)))).astype(np.float32)
+    np.testing.assert_array_equal(rows_to_storage(R, "float16").view(np.uint16), R.astype(np.float16).view(np.uint16))
+    np.testing.assert_array_equal(storage_to_float32(np, rows_to_storage(R, "float16"), "float16"),
+                                  R.astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(rows_to_storage(R, "float32"), R)
+
+
+def rounding_layer(n_classes=320, dim=16, seed=4):
+    """A layer whose rows need rounding in both 16-bit formats: mantissas with many bits, exact
+    bfloat16 halfway values, float16 subnormals and values beyond float16's precision."""
+    rng = np.random.default_rng(seed)
+    W = rng.standard_normal((n_classes, dim)).astype(np.float32)
+    bits = W.view(np.uint32)
+    bits[::3, ::2] = (bits[::3, ::2] & np.uint32(0xFFFF0000)) | np.uint32(0x8000)   # bfloat16 halfway cases
+    W[1::7, 3] *= np.float32(1e-5)                                                    # float16 subnormals
+    W[2::11, 5] *= np.float32(300.0)
+    b = rng.standard_normal(n_classes).astype(np.float32)
+    return W, b
+
+
+@functools.lru_cache(maxsize=None)
+def low_precision_index(method):
+    W, b = rounding_layer()
+    build = {"exact": {}, "lss": dict(n_buckets=12, n_tables=1, rounds=0),
+             "adaptive": dict(cutoffs=[60, 160], bound_block=64, cost_queries=64)}[method]
+    train = random_queries(200, 16, seed=8)
+    return wolindex.build(W, b, method=method, train=train, verbose=False, **build)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("method", ["exact", "lss", "adaptive"])
+def test_device_rows_are_rounded_to_nearest_even(rt, method, dtype):
+    """The rows each GPU search holds are the layer's rows (packed bucket by bucket where the method packs
+    them) rounded by ml_dtypes / NumPy, bit for bit."""
+    index = low_precision_index(method)
+    gpu = to_device(index, dtype=dtype, runtime=rt)
+    if method == "exact":
+        stored, rows = gpu.searcher.W, index.layer.W
+    else:
+        stored, rows = gpu.searcher.rows.W, index.method.packed.W
+    np.testing.assert_array_equal(np.asarray(stored).view(np.uint16), stored_bits(rows, dtype).view(np.uint16))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("method,settings", [
+    ("exact", {}),
+    ("lss", {"n_probe": 12, "path": "fused"}),               # every bucket probed: the whole layer
+    ("lss", {"n_probe": 12, "path": "grouped"}),
+    ("adaptive", {"margin": 1e6, "path": "fused"}),          # every cluster opened
+    ("adaptive", {"margin": 1e6, "path": "grouped"}),
+])
+def test_low_precision_search_matches_independent_rounding(rt, small_blocks, method, settings, dtype):
+    """GPU search over 16-bit rows returns the exact top-k of the independently rounded layer (float64
+    reference, tie-aware): exact search's GEMM rounds the queries too, candidate kernels read them as float32."""
+    index = low_precision_index(method)
+    W, b = index.layer.W, index.layer.b
+    H = random_queries(3, 16, seed=21)
+    scores, labels = to_device(index, dtype=dtype, runtime=rt).search(H, 8, **settings)
+    Hr = rounded(H, dtype) if method == "exact" else H.astype(np.float64)
+    logits = Hr @ rounded(W, dtype).T + b
+    assert_topk_matches(scores, labels, logits, 8)
+    exact32 = H.astype(np.float64) @ W.T.astype(np.float64) + b
+    assert np.abs(logits - exact32).max() > 1e-3            # the rounding is visible at this tolerance
 
 
 DATA = synthetic(n_classes=1500, dim=16, n_train=4000, n_test=6, seed=9)
