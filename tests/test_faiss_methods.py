@@ -1,13 +1,18 @@
 """FAISS baselines: same API, exact rescoring, recall floors, monotone sweeps, save / load, tuning."""
+import json
+import shutil
+
 import numpy as np
 import pytest
 
 import wolindex
+from wolindex import io as wio
 from wolindex.data import synthetic
+from wolindex.methods.faiss_baselines import FaissIVF
 from wolindex.metrics import p_at_k
-from conftest import assert_topk_matches
+from conftest import assert_topk_matches, random_layer, random_queries
 
-pytest.importorskip("faiss")
+faiss = pytest.importorskip("faiss")
 
 DS = synthetic(n_classes=3000, dim=24, n_train=100, n_test=800, seed=2)
 H_TUNE, H_TEST = DS.H_test[:400], DS.H_test[400:]
@@ -90,3 +95,194 @@ def test_bad_settings():
         index.tune(H_TUNE, target_p1=1.0, grid=[{"nprobe": 1}])
     with pytest.raises(ValueError, match="exactly one"):
         index.tune(H_TUNE)
+
+
+# Hardening: loaded FAISS members and every setting are checked before FAISS or the engine sees them.
+
+SMALL_W, SMALL_B = random_layer(2000, 16, seed=3)
+SMALL_H = random_queries(5, 16, seed=4)
+SMALL_BUILD = {"faiss-flat": {}, "faiss-ivf": {"nlist": 16}, "faiss-hnsw": {"m": 8, "ef_construction": 32},
+               "faiss-ivfpq": {"nlist": 16}}
+
+
+@pytest.fixture(scope="module")
+def small():
+    """method -> an index of it over a 2000 x 16 layer."""
+    return {name: wolindex.build(SMALL_W, SMALL_B, method=name, verbose=False, **settings)
+            for name, settings in SMALL_BUILD.items()}
+
+
+def _copy_member(source, folder, name="method.faiss_index"):
+    """Put array `name` of index folder `source` (its .npy and meta.json entry, checksums valid) into `folder`."""
+    shutil.copy(source / f"{name}.npy", folder / f"{name}.npy")
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["arrays"][name] = json.loads((source / "meta.json").read_text())["arrays"][name]
+    if "meta_sha256" in meta:
+        meta["meta_sha256"] = wio.meta_checksum(meta)
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("name", list(SMALL_BUILD))
+def test_faiss_member_of_a_larger_index_is_refused_at_load(small, tmp_path, name):
+    """The issue's reproduction: class ids up to the larger D reached the engine, then SIGSEGV."""
+    W, b = random_layer(4000, 16, seed=5)
+    wolindex.build(W, b, method=name, verbose=False, **SMALL_BUILD[name]).save(tmp_path / "large")
+    small[name].save(tmp_path / "small")
+    _copy_member(tmp_path / "large", tmp_path / "small")
+    with pytest.raises(ValueError, match="faiss_index holds 4000 vectors"):
+        wolindex.load(tmp_path / "small")
+
+
+@pytest.mark.parametrize("name,change,error,match", [
+    ("faiss-flat", {"width": 18}, ValueError, "state: width must be 17"),
+    ("faiss-flat", {"width": "17"}, TypeError, "state: width"),
+    ("faiss-flat", {"width": None}, TypeError, "state: width"),
+    ("faiss-flat", {"width": 2 ** 63}, ValueError, "state: width"),
+    ("faiss-hnsw", {"width": 17}, ValueError, "state: width must be 18"),
+    ("faiss-ivf", {"nlist": 17}, ValueError, "nlist=17"),
+    ("faiss-ivf", {"nlist": 2 ** 40}, ValueError, "state: nlist"),
+    ("faiss-ivf", {"nlist": True}, TypeError, "state: nlist"),
+    ("faiss-ivf", {"nlist": 16.0}, TypeError, "state: nlist"),
+    ("faiss-ivfpq", {"m": 4}, ValueError, "state: width must be 20"),
+    ("faiss-ivfpq", {"m": 6}, ValueError, "9 sub-quantisers"),
+    ("faiss-ivfpq", {"m": 18}, ValueError, "state: m"),
+    ("faiss-ivfpq", {"nlist": 0}, ValueError, "state: nlist"),
+])
+def test_restore_checks_the_state_against_the_layer_and_the_faiss_index(small, name, change, error, match):
+    method = small[name].method
+    with pytest.raises(error, match=match):
+        type(method).restore(small[name].layer, method.arrays, {**method.state, **change})
+
+
+@pytest.mark.parametrize("name,key", [("faiss-flat", "width"), ("faiss-ivf", "nlist"), ("faiss-ivfpq", "m")])
+def test_restore_needs_every_state_value(small, name, key):
+    method = small[name].method
+    state = {k: v for k, v in method.state.items() if k != key}
+    with pytest.raises(ValueError, match=f"state: {key} is missing"):
+        type(method).restore(small[name].layer, method.arrays, state)
+
+
+def _blob(index):
+    return faiss.serialize_index(index)
+
+
+@pytest.mark.parametrize("name,blob,match", [
+    ("faiss-ivf", lambda s: s["faiss-flat"].method.arrays["faiss_index"], "is a IndexFlatIP"),
+    ("faiss-flat", lambda s: s["faiss-ivf"].method.arrays["faiss_index"], "is a IndexIVFFlat"),
+    ("faiss-hnsw", lambda s: _blob(faiss.IndexHNSWFlat(18, 8, faiss.METRIC_INNER_PRODUCT)), "metric"),
+    ("faiss-flat", lambda s: s["faiss-flat"].method.arrays["faiss_index"][:-100], "not a readable FAISS index"),
+    ("faiss-flat", lambda s: s["faiss-flat"].method.arrays["faiss_index"][100:], "not a readable FAISS index"),
+    ("faiss-flat", lambda s: np.random.default_rng(0).integers(0, 256, 5000).astype(np.uint8), "not a readable"),
+    ("faiss-flat", lambda s: s["faiss-flat"].method.arrays["faiss_index"].view(np.int8), "must be uint8"),
+    ("faiss-flat", lambda s: s["faiss-flat"].method.arrays["faiss_index"][None], "shape"),
+])
+def test_restore_refuses_foreign_or_damaged_faiss_blobs(small, name, blob, match):
+    method = small[name].method
+    with pytest.raises(ValueError, match=match):
+        type(method).restore(small[name].layer, {"faiss_index": blob(small)}, method.state)
+
+
+@pytest.mark.parametrize("ids", [np.arange(2000) + 5, np.arange(2000) % 1999, np.arange(2000) - 1])
+def test_restore_refuses_inverted_lists_without_each_class_once(small, ids):
+    """A crafted IVF index of the right size and width whose lists hold ids the layer does not have."""
+    X = np.concatenate([SMALL_W, SMALL_B[:, None]], axis=1)
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(17), 17, 16, faiss.METRIC_INNER_PRODUCT)
+    index.train(X)
+    index.add_with_ids(X, ids.astype(np.int64))
+    with pytest.raises(ValueError, match="each class id"):
+        FaissIVF.restore(small["faiss-ivf"].layer, {"faiss_index": _blob(index)}, {"width": 17, "nlist": 16})
+
+
+def test_restore_refuses_a_quantiser_with_more_centroids_than_lists(small):
+    """Its extra centroids would send queries to inverted lists that do not exist."""
+    X = np.concatenate([SMALL_W, SMALL_B[:, None]], axis=1)
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(17), 17, 16, faiss.METRIC_INNER_PRODUCT)
+    index.train(X)
+    index.add(X)
+    index.quantizer.add(X[:16])
+    with pytest.raises(ValueError, match="32 centroids"):
+        FaissIVF.restore(small["faiss-ivf"].layer, {"faiss_index": _blob(index)}, {"width": 17, "nlist": 16})
+
+
+@pytest.mark.parametrize("name,settings,error,match", [
+    ("faiss-ivfpq", {"nprobe": 10 ** 9}, ValueError, r"nprobe: at most 16 \(the index's nlist\)"),
+    ("faiss-ivfpq", {"nprobe": 17}, ValueError, "nprobe: at most 16"),
+    ("faiss-ivf", {"nprobe": 17}, ValueError, "nprobe: at most 16"),
+    ("faiss-ivf", {"nprobe": 2 ** 64}, ValueError, "nprobe"),
+    ("faiss-ivf", {"nprobe": 2.0}, TypeError, "nprobe"),
+    ("faiss-hnsw", {"ef_search": 2 ** 31}, ValueError, "ef_search"),
+    ("faiss-hnsw", {"ef_search": 2001}, ValueError, "ef_search: at most 2000"),
+    ("faiss-hnsw", {"ef_search": 0}, ValueError, "ef_search"),
+    ("faiss-flat", {"k_factor": 2 ** 31}, ValueError, "k_factor"),
+    ("faiss-flat", {"k_factor": 2001}, ValueError, "k_factor: at most 2000"),
+    ("faiss-ivfpq", {"k_factor": 2001}, ValueError, "k_factor: at most 2000"),
+])
+def test_bad_search_settings_never_reach_faiss(small, name, settings, error, match):
+    with pytest.raises(error, match=match):
+        small[name].search(SMALL_H, 3, **settings)
+
+
+@pytest.mark.parametrize("name,settings,error,match", [
+    ("faiss-ivfpq", {"nlist": 16, "m": 10 ** 6}, ValueError, r"m: at most 17 \(d \+ 1"),
+    ("faiss-ivfpq", {"nlist": 16, "m": 18}, ValueError, "m: at most 17"),
+    ("faiss-ivfpq", {"nlist": 2 ** 40}, ValueError, "nlist"),
+    ("faiss-ivf", {"nlist": 2001}, ValueError, "nlist: at most 2000"),
+    ("faiss-ivf", {"seed": 2 ** 31}, ValueError, "seed"),
+    ("faiss-ivf", {"seed": -1}, ValueError, "seed"),
+    ("faiss-hnsw", {"m": 2 ** 31}, ValueError, "m"),
+    ("faiss-hnsw", {"m": 2001}, ValueError, "m: at most 2000"),
+    ("faiss-hnsw", {"m": 8.0}, TypeError, "m"),
+    ("faiss-hnsw", {"ef_construction": 2 ** 31}, ValueError, "ef_construction"),
+    ("faiss-hnsw", {"ef_construction": 0}, ValueError, "ef_construction"),
+])
+def test_bad_build_settings_never_reach_faiss(name, settings, error, match):
+    with pytest.raises(error, match=match):
+        wolindex.build(SMALL_W, SMALL_B, method=name, verbose=False, **settings)
+
+
+def test_numpy_integers_are_accepted_as_settings(tmp_path):
+    ivf = wolindex.build(SMALL_W, SMALL_B, method="faiss-ivf", verbose=False, nlist=np.int64(16), seed=np.int32(1))
+    ivf.search(SMALL_H, 3, nprobe=np.int64(4), k_factor=np.uint8(2))
+    hnsw = wolindex.build(SMALL_W, SMALL_B, method="faiss-hnsw", verbose=False, m=np.int64(8),
+                          ef_construction=np.int16(32))
+    hnsw.search(SMALL_H, 3, ef_search=np.int64(32))
+    pq = wolindex.build(SMALL_W, SMALL_B, method="faiss-ivfpq", verbose=False, nlist=np.int64(16), m=np.int64(6))
+    pq.save(tmp_path / "pq")
+    wolindex.load(tmp_path / "pq").search(SMALL_H, 3, nprobe=np.int64(16))
+
+
+@pytest.mark.parametrize("name,n_classes,settings", [
+    ("faiss-ivf", 2000, {"nlist": 4}), ("faiss-ivfpq", 2000, {"nlist": 3}), ("faiss-ivfpq", 40, {"nlist": 6}),
+    ("faiss-hnsw", 100, {"m": 8}), ("faiss-ivf", 10, {}),
+])
+def test_tuning_grid_stays_within_the_index_bounds(name, n_classes, settings):
+    W, b = random_layer(n_classes, 16, seed=6)
+    index = wolindex.build(W, b, method=name, verbose=False, **settings)
+    grid = index.method.tuning_grid(10)
+    assert len(grid) == len({tuple(sorted(g.items())) for g in grid})
+    nlist = index.method.state.get("nlist")
+    assert all(g.get("nprobe", 1) <= (nlist or 1) and g.get("ef_search", 1) <= n_classes
+               and g.get("k_factor", 1) <= n_classes for g in grid), grid
+    assert nlist is None or max(g["nprobe"] for g in grid) == nlist
+    for g in grid:
+        index.search(random_queries(3, 16), min(10, n_classes), **g)
+
+
+def test_small_layers_get_a_default_nlist_they_can_hold_and_a_clear_error_for_pq():
+    W, b = random_layer(10, 4, seed=7)
+    index = wolindex.build(W, b, method="faiss-ivf", verbose=False)
+    assert index.method.state["nlist"] == 10
+    with pytest.raises(ValueError, match="W: method 'faiss-ivfpq' needs at least 16 classes"):
+        wolindex.build(W, b, method="faiss-ivfpq", verbose=False)
+
+
+@pytest.mark.parametrize("method, settings", [("faiss-ivf", {"nlist": 4}), ("faiss-hnsw", {}),
+                                               ("faiss-ivfpq", {"nlist": 4})])
+def test_default_search_fits_a_small_index(method, settings):
+    """The Search class's defaults (nprobe 8, ef_search 64) exceed a small index's bounds: the index starts
+    with defaults it can hold, and they probe everything there."""
+    W, b = random_layer(40, 6, seed=3)
+    H = random_queries(5, 6, seed=4)
+    index = wolindex.build(W, b, method=method, **settings)
+    _, labels = index.search(H, 3, k_factor=10)
+    np.testing.assert_array_equal(labels, wolindex.build(W, b).search(H, 3)[1])

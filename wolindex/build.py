@@ -51,5 +51,5 @@ def build(W, b=None, method: str = "exact", *, train=None, labels=None, class_co
         "built_with": f"wolindex {__version__}",
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    index = Index(layer, built, build_params, info=info)
+    index = Index(layer, built, build_params, built.default_search(), info)
     return index.to("cuda") if backend == "cupy" else index

@@ -36,10 +36,11 @@ def _build(a):
     from .io import check_save_path
 
     check_save_path(a.out)
+    settings = _settings(a.set)
     layer = load_layer(a.weights, a.weight_key, bias=a.bias, bias_key=a.bias_key)
     train = read_tensor(a.train) if a.train else None
     labels = read_tensor(a.labels) if a.labels else None
-    index = build(layer, method=a.method, train=train, labels=labels, **_settings(a.set))
+    index = build(layer, method=a.method, train=train, labels=labels, **settings)
     index.save(a.out)
     print(json.dumps(index.stats(), indent=1))
 

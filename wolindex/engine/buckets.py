@@ -40,12 +40,14 @@ class Buckets:
         return np.diff(self.indptr)
 
     def validate(self, n_classes: int) -> None:
-        """Raise ValueError unless this is well-formed CSR over [0, n_classes), ids unique per bucket."""
+        """Raise ValueError unless this is well-formed CSR over [0, n_classes), ids unique per bucket;
+        on success remember n_classes (see check)."""
         if self.indptr.ndim != 1 or self.indptr.shape[0] < 1 or self.indices.ndim != 1:
             raise ValueError("buckets: indptr and indices must be 1-D, indptr non-empty")
         if self.indptr.dtype != np.int64 or self.indices.dtype != np.int32:
             raise TypeError("buckets: indptr must be int64 and indices int32")
-        if self.indptr[0] != 0 or self.indptr[-1] != self.indices.shape[0] or np.any(np.diff(self.indptr) < 0):
+        if self.indptr[0] != 0 or self.indptr[-1] != self.indices.shape[0] or self.indptr.min() < 0 \
+                or self.indptr.max() > self.indices.shape[0] or np.any(np.diff(self.indptr) < 0):
             raise ValueError("buckets: indptr must start at 0, be non-decreasing and end at len(indices)")
         if self.indices.size and (self.indices.min() < 0 or self.indices.max() >= n_classes):
             raise ValueError(f"buckets: class ids must lie in [0, {n_classes})")
@@ -54,6 +56,12 @@ class Buckets:
         same = (owner[order][1:] == owner[order][:-1]) & (self.indices[order][1:] == self.indices[order][:-1])
         if same.any():
             raise ValueError("buckets: a bucket holds the same class id twice")
+        object.__setattr__(self, "_valid_for", n_classes)
+
+    def check(self, n_classes: int) -> None:
+        """validate(n_classes) unless these buckets already passed it (their arrays must not change after)."""
+        if getattr(self, "_valid_for", None) != n_classes:
+            self.validate(n_classes)
 
 
 @dataclass(frozen=True)
@@ -77,11 +85,25 @@ class PackedRows:
         return cls(W, b, np.arange(W.shape[0], dtype=np.int32))
 
     def validate(self, buckets: Buckets, dim: int) -> None:
+        """Raise ValueError unless these are rows of width dim for each entry of buckets, with row_of in
+        [0, nnz); on success remember (buckets, dim) (see check)."""
         nnz = buckets.indices.shape[0]
         if self.W.dtype != np.float32 or self.W.shape != (nnz, dim) or not self.W.flags.c_contiguous:
             raise ValueError(f"packed: W must be C-contiguous float32 of shape ({nnz}, {dim}), got {self.W.shape}")
         if self.b.dtype != np.float32 or self.b.shape != (nnz,):
             raise ValueError(f"packed: b must be float32 of shape ({nnz},), got {self.b.shape}")
+        if self.row_of.dtype != np.int32 or self.row_of.shape != (nnz,):
+            raise ValueError(f"packed: row_of must be int32 of shape ({nnz},), got {self.row_of.dtype} "
+                             f"{self.row_of.shape}")
+        if nnz and (self.row_of.min() < 0 or self.row_of.max() >= nnz):
+            raise ValueError(f"packed: row_of must lie in [0, {nnz})")
+        object.__setattr__(self, "_valid_for", (buckets, dim))
+
+    def check(self, buckets: Buckets, dim: int) -> None:
+        """validate(buckets, dim) unless already passed for these very buckets (arrays unchanged since)."""
+        valid = getattr(self, "_valid_for", None)
+        if valid is None or valid[0] is not buckets or valid[1] != dim:
+            self.validate(buckets, dim)
 
 
 def check_probes(probes: np.ndarray, n_buckets: int, n_queries: int) -> np.ndarray:

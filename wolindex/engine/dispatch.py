@@ -52,10 +52,30 @@ def check_engine(engine: str) -> None:
         raise ValueError(f"engine: expected one of {ENGINES}, got {engine!r}")
 
 
+def check_rows(W: np.ndarray, b: np.ndarray, H: np.ndarray, k) -> None:
+    """O(1) checks that keep the kernels' reads inside W, b and H: float32 arrays W (D, d), b (D,), H (N, d),
+    k an int >= 1 (their values are the caller's to check)."""
+    for name, a, ndim in (("W", W, 2), ("b", b, 1), ("H", H, 2)):
+        if not isinstance(a, np.ndarray) or a.dtype != np.float32:
+            raise TypeError(f"{name}: expected a float32 NumPy array, got {getattr(a, 'dtype', type(a).__name__)}")
+        if a.ndim != ndim:
+            raise ValueError(f"{name}: expected a {ndim}-D array, got shape {a.shape}")
+    if b.shape[0] != W.shape[0]:
+        raise ValueError(f"b: expected shape ({W.shape[0]},) to match W, got {b.shape}")
+    if H.shape[1] != W.shape[1]:
+        raise ValueError(f"H: expected {W.shape[1]} columns to match W, got shape {H.shape}")
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"k: expected an int, got {type(k).__name__}")
+    if k < 1:
+        raise ValueError(f"k: expected an int >= 1, got {k}")
+
+
 def exact_topk(W: np.ndarray, b: np.ndarray, H: np.ndarray, k: int, engine: str = "numba", square: bool = False):
     """Exact top-k of H @ W.T + b (of its square when `square`: spherical layers).  W (D, d) f32, b (D,) f32,
-    H (N, d) f32 -> scores (N, k) float32, labels (N, k) int64, best first. Inputs must already be checked."""
+    H (N, d) f32 -> scores (N, k) float32, labels (N, k) int64, best first. Their values must already be
+    checked (finite); shapes and dtypes are checked here."""
     check_engine(engine)
+    check_rows(W, b, H, k)
     if engine == "numpy":
         return numpy_ref.exact_topk(W, b, H, k, square)
     N = H.shape[0]
@@ -180,11 +200,21 @@ def candidate_topk(W: np.ndarray, b: np.ndarray, H: np.ndarray, k: int, buckets:
     are not read); square: rank by the squared score (spherical layers). Returns scores (N, k) float32,
     labels (N, k) int64 (padded with -inf / -1 where a query has fewer than k candidates) and n_scored (N,)
     int64: classes scored per query (distinct classes on the fused path; on the grouped path a class probed
-    twice counts twice)."""
+    twice counts twice). buckets (and packed) are validated on their first use (Buckets.check), probes on
+    every call."""
     check_engine(engine)
     if path not in PATHS:
         raise ValueError(f"path: expected one of {PATHS}, got {path!r}")
+    check_rows(W, b, H, k)
+    buckets.check(W.shape[0])
+    if packed is not None:
+        packed.check(buckets, W.shape[1])
     probes = check_probes(probes, buckets.n_buckets, H.shape[0])
+    return _candidate_topk(W, b, H, k, buckets, probes, engine, path, packed, square)
+
+
+def _candidate_topk(W, b, H, k, buckets, probes, engine, path, packed, square):
+    """candidate_topk on checked arguments."""
     if engine == "numpy":
         return numpy_ref.candidate_topk(W, b, H, k, buckets, probes, packed, square)
     if path == "auto":
@@ -199,14 +229,23 @@ def rescore_topk(W: np.ndarray, b: np.ndarray, H: np.ndarray, k: int, candidates
                  engine: str = "numba", square: bool = False):
     """Exact top-k over each query's own candidate list (from FAISS, say); square as in candidate_topk.
 
-    candidates: (N, c) class ids, -1 for none, repeats allowed. Returns scores (N, k), labels (N, k)
-    and n_scored (N,) like candidate_topk."""
-    valid = candidates >= 0
-    indptr = np.zeros(candidates.shape[0] + 1, np.int64)
+    candidates: (N, c) integer class ids in [0, D), -1 for none (as FAISS pads), repeats allowed; anything
+    else is refused. Returns scores (N, k), labels (N, k) and n_scored (N,) like candidate_topk."""
+    check_engine(engine)
+    check_rows(W, b, H, k)
+    cand = np.asarray(candidates)
+    if cand.dtype.kind not in "iu":
+        raise TypeError(f"candidates: expected an integer dtype, got {cand.dtype}")
+    if cand.ndim != 2 or cand.shape[0] != H.shape[0]:
+        raise ValueError(f"candidates: expected shape ({H.shape[0]}, c), got {cand.shape}")
+    if cand.size and (cand.min() < -1 or cand.max() >= W.shape[0]):
+        raise ValueError(f"candidates: class ids must lie in [-1, {W.shape[0]}), got {cand.min()} .. {cand.max()}")
+    valid = cand >= 0
+    indptr = np.zeros(cand.shape[0] + 1, np.int64)
     np.cumsum(valid.sum(axis=1), out=indptr[1:])
-    buckets = Buckets(indptr, candidates[valid].astype(np.int32))
-    probes = np.arange(candidates.shape[0], dtype=np.int32)[:, None]
-    return candidate_topk(W, b, H, k, buckets, probes, engine=engine, path="fused", square=square)
+    buckets = Buckets(indptr, cand[valid].astype(np.int32))
+    probes = np.arange(cand.shape[0], dtype=np.int32)[:, None]
+    return _candidate_topk(W, b, H, k, buckets, probes, engine, "fused", None, square)
 
 
 def merge_topk(scores_a, labels_a, scores_b, labels_b):

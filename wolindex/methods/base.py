@@ -67,6 +67,11 @@ class Method:
         """H (N, d) float32 -> scores (N, k) float32, labels (N, k) int64, n_scored (N,) int64."""
         raise NotImplementedError
 
+    def default_search(self) -> dict[str, Any]:
+        """Search settings this index starts with where the Search class's defaults do not fit it (a small
+        index's bounds); the Index keeps them as its defaults."""
+        return {}
+
     def tuning_grid(self, k: int) -> list[dict[str, Any]]:
         """Search settings Index.tune tries, as dicts of overrides (methods without settings: one, empty)."""
         return [{}]
