@@ -21,8 +21,8 @@ import numpy as np
 import yaml
 
 import wolindex
-from wolindex.bench import machine_info, set_threads
-from wolindex.data import debian_lm_100k
+from wolindex.contrib.timing import machine_info, set_threads
+from wolindex.contrib.datasets import debian_lm_100k
 from wolindex.engine import exact_topk
 
 HERE = Path(__file__).parent

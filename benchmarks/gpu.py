@@ -7,10 +7,10 @@
 
 Layers: debian-lm-100k from the bundle (W, b, 4,096 validation queries with labels, their float32 exact
 top-10 from the CPU, and indexes built on the CPU, saved without the layer), and a synthetic D = 10^6,
-d = 512 layer (wolindex.data.synthetic, seed 0) generated here, on which adaptive and LSS are built with
+d = 512 layer (wolindex.contrib.datasets.synthetic, seed 0) generated here, on which adaptive and LSS are built with
 the machine's CPUs (SYNTHETIC_BUILDS). P@1 is agreement with the float32 exact top-1; timing: the per-call
 median over distinct batches after warm-up, each call ending with a device synchronisation, methods
-interleaved with exact (wolindex.bench.compare_speed). --emulate runs everything on the CPU emulator
+interleaved with exact (wolindex.tune.compare_speed). --emulate runs everything on the CPU emulator
 (tests only, tiny sizes)."""
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 import wolindex
-from wolindex.bench import compare_speed
-from wolindex.data import synthetic
+from wolindex.contrib.timing import compare_speed
+from wolindex.contrib.datasets import synthetic
 from wolindex.gpu import to_device
 from wolindex.metrics import p_at_k, true_recall_at_k
 

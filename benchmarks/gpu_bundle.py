@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 import wolindex
-from wolindex.data import debian_lm_100k
+from wolindex.contrib.datasets import debian_lm_100k
 
 K = 10
 SWEEPS = {"adaptive": [{"beat_rank": 1, "margin": m} for m in (3.0, 5.0, 7.0)],

@@ -23,8 +23,8 @@ import yaml
 from tqdm.auto import tqdm
 
 import wolindex
-from wolindex.bench import compare_speed, machine_info, set_threads
-from wolindex.data import load_dataset
+from wolindex.contrib.timing import compare_speed, machine_info, set_threads
+from wolindex.contrib.datasets import load_dataset
 from wolindex.metrics import p_at_k, true_recall_at_k
 
 RESULTS = Path(__file__).parent / "results"

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 import wolindex
-from wolindex.bench import machine_info, set_threads
-from wolindex.data import debian_lm_100k
+from wolindex.contrib.timing import machine_info, set_threads
+from wolindex.contrib.datasets import debian_lm_100k
 from wolindex.metrics import true_recall_at_k
 from wolindex.training import FactoredLayer, NaiveLayer, sparse_targets
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wolindex.bench import machine_info, set_threads
+from wolindex.contrib.timing import machine_info, set_threads
 from wolindex.training import FactoredLayer, NaiveLayer
 
 RESULTS = Path(__file__).parent / "results"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build the debian-cbow data set (see wolindex/debian_cbow.py for every step).
+"""Build the debian-cbow data set (see wolindex/contrib/debian_cbow.py for every step).
 
     python datasets/debian_cbow.py                     # into WOLINDEX_CACHE (default ~/.cache/wolindex)
     python datasets/debian_cbow.py --out DIR/debian-cbow
@@ -7,8 +7,8 @@
 import argparse
 from pathlib import Path
 
-from wolindex.data import cache_dir
-from wolindex.debian_cbow import build_debian_cbow
+from wolindex.contrib.datasets import cache_dir
+from wolindex.contrib.debian_cbow import build_debian_cbow
 
 
 def main():

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from wolindex.data import debian_lm_100k_path
+from wolindex.contrib.datasets import debian_lm_100k_path
 
 
 def random_layer(n_classes, dim, seed=0, integer=False):
@@ -50,6 +50,6 @@ def lm_data():
     """debian-lm-100k, or skip when WOLINDEX_DATA does not provide it."""
     if debian_lm_100k_path() is None:
         pytest.skip("debian-lm-100k not available (set WOLINDEX_DATA)")
-    from wolindex.data import debian_lm_100k
+    from wolindex.contrib.datasets import debian_lm_100k
 
     return debian_lm_100k()

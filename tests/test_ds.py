@@ -29,6 +29,19 @@ SMALL = dict(n_experts=16, start_experts=2, epochs_per_stage=2.0, final_epochs=2
 EXACT_L = wolindex.build(W, B).search(H_TEST, 10)[1]
 LOGITS = H_TEST.astype(np.float64) @ W.T.astype(np.float64) + B
 
+# Floors (accuracy, >=) and ceilings (work, <=), each with what was observed on this seeded data
+# (planted(seed=0), SMALL, 1,000 test queries; deterministic). Set within 1.5x of the observation: a ceiling
+# at most 1.5x the observed work, a floor leaving at most 1.5x the observed miss rate.
+FLOORS = {
+    "routing_purity": (0.92, "observed mean 0.946 over the 12 busy experts, planted seed 0"),
+    "n_probe1_p1": (0.994, "observed 0.996, planted seed 0"),
+    "n_probe1_p10": (0.955, "observed 0.9687, planted seed 0"),
+    "n_probe1_candidates_fraction": (0.135, "observed 0.0918 of D, planted seed 0"),
+    # tune picks the fastest setting meeting the target by timing, so any n_probe may be chosen: the floor is
+    # the worst held-out P@1 over the settings that meet it on H_TUNE (n_probe=1: 0.996; 2: 0.999; >= 3: 1.0)
+    "tuned_p1": (0.994, "observed 0.996 at worst (n_probe=1), planted seed 0"),
+}
+
 
 @pytest.fixture(scope="module")
 def index():
@@ -42,11 +55,11 @@ def test_experts_recover_the_planted_groups(index):
     q_group = QUERY_GROUP[5000:]
     busy = [e for e in range(16) if (route == e).sum() >= 20]
     routing_purity = [np.bincount(q_group[route == e], minlength=N_GROUPS).max() / (route == e).sum() for e in busy]
-    assert np.mean(routing_purity) >= 0.9, routing_purity           # observed 0.95 to 1.00
+    assert np.mean(routing_purity) >= FLOORS["routing_purity"][0], routing_purity
     _, labels = index.search(H_TEST, 10, n_probe=1)
-    assert p_at_k(labels, EXACT_L, 1) >= 0.97                        # observed 0.996
-    assert p_at_k(labels, EXACT_L, 10) >= 0.9                        # observed 0.969
-    assert index.stats(H_TEST)["candidates_fraction"] < 0.2          # observed 0.09
+    assert p_at_k(labels, EXACT_L, 1) >= FLOORS["n_probe1_p1"][0]
+    assert p_at_k(labels, EXACT_L, 10) >= FLOORS["n_probe1_p10"][0]
+    assert index.stats(H_TEST, n_probe=1)["candidates_fraction"] <= FLOORS["n_probe1_candidates_fraction"][0]
 
 
 def test_search_routes_to_the_gates_top_experts(index):
@@ -77,10 +90,17 @@ def test_recall_does_not_fall_with_more_experts(index):
 def test_adapted_scoring_matches_the_reference(index):
     """scoring='adapted' ranks the routed experts' classes by the experts' own trained rows."""
     scores, labels = index.search(H_TEST, 5, scoring="adapted")
-    ref_scores, ref_labels = index.search(H_TEST, 5, scoring="adapted", engine="numpy")
-    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-4)
+    ref_scores, ref_labels = index.search(H_TEST, 6, scoring="adapted", engine="numpy")   # + the 6th, for ties
+    np.testing.assert_allclose(scores, ref_scores[:, :5], rtol=1e-5, atol=1e-4)
     assert np.all(labels >= 0) and np.all(np.diff(scores, axis=1) <= 0)
-    assert np.mean(labels == ref_labels) > 0.99
+    # labels may differ only where the reference scores tie to float32 rounding with a neighbour (observed:
+    # identical; the closest neighbours differ by 3e-5 at scores near 220, two float32 ulps)
+    close = np.isclose(ref_scores[:, 1:], ref_scores[:, :-1], rtol=1e-6, atol=0)
+    tied = np.zeros(ref_scores.shape, bool)
+    tied[:, 1:] |= close
+    tied[:, :-1] |= close
+    differ = labels != ref_labels[:, :5]
+    assert np.all(tied[:, :5][differ]), np.argwhere(differ & ~tied[:, :5])
 
 
 def test_save_load_identical(index, tmp_path):
@@ -101,7 +121,7 @@ def test_deterministic_for_a_seed(index):
 def test_tuned_default_meets_target_on_held_out_queries(index):
     index.tune(H_TUNE, target_p1=0.99, verbose=False)
     _, labels = index.search(H_TEST, 10)
-    assert p_at_k(labels, EXACT_L, 1) >= 0.98  # 1,000 held-out queries: one point of sampling slack
+    assert p_at_k(labels, EXACT_L, 1) >= FLOORS["tuned_p1"][0]
 
 
 def test_bad_settings(index):

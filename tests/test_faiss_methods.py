@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import wolindex
-from wolindex import io as wio
-from wolindex.data import synthetic
+from wolindex import format as wio
+from wolindex.contrib.datasets import synthetic
 from wolindex.methods.faiss_baselines import FaissIVF
 from wolindex.metrics import p_at_k
 from conftest import assert_topk_matches, random_layer, random_queries

@@ -16,7 +16,7 @@ import ml_dtypes          # the independent bfloat16 reference (a test dependenc
 import wolindex
 from conftest import assert_topk_matches, random_layer, random_queries
 from test_candidates import candidate_mask, random_buckets
-from wolindex.data import synthetic
+from wolindex.contrib.datasets import synthetic
 from wolindex.engine import PackedRows
 from wolindex.gpu import engine, kernels, to_device
 from wolindex.gpu.runtime import float32_to_bfloat16_bits, queries_to_storage, rows_to_storage, storage_to_float32
@@ -58,12 +58,26 @@ def small_blocks(monkeypatch):
 
 @pytest.mark.skipif(cuda_emulator.nvrtc_library() is None, reason="needs the nvidia-cuda-nvrtc-cu12 wheel")
 def test_kernels_compile_with_nvrtc_without_warnings():
-    """The real CUDA compiler (CuPy's, through NVRTC; no GPU needed) accepts kernels.cu for Hopper and
-    exports every kernel the engine launches."""
-    status, log, ptx = cuda_emulator.nvrtc_compile(cuda_emulator.nvrtc_library(), kernels.SOURCE.read_bytes(),
-                                                   [b"--std=c++17", b"--gpu-architecture=compute_90"])
+    """The real CUDA compiler (CuPy's, through NVRTC; no GPU needed) accepts kernels.cu for Hopper with the
+    constants of kernels.py as -D options (as CupyRuntime passes them) and exports every kernel the engine
+    launches; without those options it refuses (the constants have one source, kernels.py)."""
+    lib, source = cuda_emulator.nvrtc_library(), kernels.SOURCE.read_bytes()
+    base = [b"--std=c++17", b"--gpu-architecture=compute_90"]
+    status, log, ptx = cuda_emulator.nvrtc_compile(lib, source, base + [o.encode() for o in kernels.options()])
     assert status == 0 and "warning" not in log, log
     assert sorted(re.findall(r"\.entry (\w+)", ptx)) == sorted(kernels.KERNELS)
+    status, log, _ = cuda_emulator.nvrtc_compile(lib, source, base)
+    assert status != 0 and "kernels.options()" in log, log
+
+
+def test_kernel_constants_have_one_source():
+    """kernels.cu defines none of the constants kernels.py passes as -D options; unknown overrides are refused."""
+    source = kernels.SOURCE.read_text()
+    for name in kernels.defines():
+        assert not re.search(rf"#\s*define\s+{name}\b", source), name
+    assert kernels.options()[1] == f"-DWOL_KMAX={kernels.KMAX}"
+    with pytest.raises(ValueError, match="WOL_KMAXX"):
+        kernels.options(WOL_KMAXX=4)
 
 
 def test_select_dense_with_bias_and_ties(rt, small_blocks):
@@ -240,9 +254,9 @@ def test_device_rows_are_rounded_to_nearest_even(rt, method, dtype):
     index = low_precision_index(method)
     gpu = to_device(index, dtype=dtype, runtime=rt)
     if method == "exact":
-        stored, rows = gpu.searcher.W, index.layer.W
+        stored, rows = gpu.ops.W, index.layer.W
     else:
-        stored, rows = gpu.searcher.rows.W, index.method.packed.W
+        stored, rows = gpu.ops.rows.W, index.method.packed.W
     np.testing.assert_array_equal(np.asarray(stored).view(np.uint16), stored_bits(rows, dtype).view(np.uint16))
 
 
@@ -298,7 +312,8 @@ def test_gpu_index_refuses_what_it_cannot_do(rt):
     with pytest.raises(ValueError, match="H: expected shape"):
         to_device(index, runtime=rt).search(DATA.H_test[:, :5], 3)
     flat = wolindex.build(DATA.W, DATA.b, method="faiss-flat", verbose=False)
-    with pytest.raises(ValueError, match="searches on the CPU only"):
+    with pytest.raises(ValueError, match=r"searches on the CPU only; these search on the GPU: "
+                                         r"\['adaptive', 'ds', 'exact', 'lss'\]"):
         to_device(flat, runtime=rt)
     with pytest.raises(ValueError, match="device: expected"):
         index.to("gpu")
@@ -306,6 +321,60 @@ def test_gpu_index_refuses_what_it_cannot_do(rt):
         wolindex.build(DATA.W, DATA.b, backend="tpu", verbose=False)
     with pytest.raises(ValueError, match="float16's range"):
         rows_to_storage(np.full((2, 2), 1e6, np.float32), "float16")
+
+
+def test_gpu_search_is_the_method_class_s(rt, monkeypatch):
+    """The GPU engine finds a method's search through the method class (its search_with), not a table of
+    its own: a registered method without one is CPU-only, and with one it searches on the GPU."""
+    from wolindex.methods import METHODS
+    from wolindex.methods.lss import LSS
+
+    class CpuOnly(LSS):
+        name = "lss-cpu-only"
+        search_with = None
+
+    class Again(LSS):
+        name = "lss-again"
+
+    monkeypatch.setitem(METHODS, CpuOnly.name, CpuOnly)
+    monkeypatch.setitem(METHODS, Again.name, Again)
+    build = dict(train=DATA.H_train, labels=DATA.y_train, n_buckets=16, n_tables=1, rounds=0, verbose=False)
+    with pytest.raises(ValueError, match="'lss-cpu-only' searches on the CPU only"):
+        to_device(wolindex.build(DATA.W, DATA.b, method=CpuOnly.name, **build), runtime=rt)
+    index = wolindex.build(DATA.W, DATA.b, method=Again.name, **build)
+    np.testing.assert_array_equal(to_device(index, runtime=rt).search(DATA.H_test, 5, n_probe=2)[1],
+                                  index.search(DATA.H_test, 5, n_probe=2)[1])
+
+
+def test_adaptive_searches_in_steps_on_the_gpu(rt, small_blocks, monkeypatch):
+    """The GPU search goes through the batch in the CPU search's steps (SEARCH_BLOCK queries), so its routing
+    state is bounded for any N; the results equal one pass and the CPU's."""
+    from wolindex.methods import adaptive
+
+    index = wolindex.build(DATA.W, DATA.b, method="adaptive", train=DATA.H_train, labels=DATA.y_train,
+                           cutoffs=[200, 700], verbose=False)
+    gpu = to_device(index, runtime=rt)
+    whole = gpu.search(DATA.H_test, 5, return_n_scored=True)
+    steps = []
+    step_search = adaptive.AdaptiveSoftmax._search_step
+
+    def counted(self, ops, H, k, params):
+        steps.append(H.shape[0])
+        return step_search(self, ops, H, k, params)
+
+    monkeypatch.setattr(adaptive, "SEARCH_BLOCK", 4)
+    monkeypatch.setattr(adaptive.AdaptiveSoftmax, "_search_step", counted)
+    stepped = gpu.search(DATA.H_test, 5, return_n_scored=True)
+    assert steps == [4, 2]
+    assert all(np.array_equal(a, b) for a, b in zip(whole, stepped))
+    np.testing.assert_array_equal(stepped[1], index.search(DATA.H_test, 5)[1])
+
+
+def test_ds_adapted_scoring_stays_on_the_cpu(rt):
+    index = wolindex.build(DATA.W, DATA.b, method="ds", train=DATA.H_train, labels=DATA.y_train, n_experts=4,
+                           start_experts=2, epochs_per_stage=0.1, final_epochs=0.1, keep_adapted=True, verbose=False)
+    with pytest.raises(ValueError, match="scoring: the GPU engine scores candidates with the layer's rows"):
+        to_device(index, runtime=rt).search(DATA.H_test, 5, scoring="adapted")
 
 
 def test_gpu_benchmark_runs_end_to_end(tmp_path):

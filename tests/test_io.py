@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import wolindex
-from wolindex import io as wio
+from wolindex import format as wio
 from conftest import random_layer, random_queries
 
 W, b = random_layer(500, 24)

@@ -45,7 +45,7 @@ def test_concurrent_candidate_searches():
 @pytest.fixture(scope="module")
 def small():
     """A small layer and each method built on it once (fast builds)."""
-    from wolindex.data import synthetic
+    from wolindex.contrib.datasets import synthetic
 
     data = synthetic(n_classes=1500, dim=16, n_train=3000, n_test=200, seed=9)
     built = {}

@@ -7,6 +7,20 @@ from wolindex.training import FactoredLayer, NaiveLayer, sparse_targets
 
 D, DIM = 400, 12
 
+# Ceilings (<=) on float32 rounding and floors (>=) on learning, each with what was observed (deterministic:
+# seeded data, one machine's BLAS), set within 1.5x of the observation: a ceiling at most 1.5x the observed
+# value, a floor at least 1/1.5 of an observed gain.
+FLOORS = {
+    "float32_loss_rel_squared": (3.7e-6, "observed 2.50e-6, problem seed 0"),
+    "float32_loss_rel_spherical": (1.1e-5, "observed 7.54e-6, problem seed 0"),
+    "float32_grad_rel_squared": (2e-5, "observed 1.34e-5, problem seed 0"),
+    "float32_grad_rel_spherical": (1e-4, "observed 8.96e-5, problem seed 0"),
+    "float32_weights_rel_squared": (7e-6, "observed 4.64e-6, problem seed 0"),
+    "float32_weights_rel_spherical": (2.3e-5, "observed 1.55e-5, problem seed 0"),
+    "train_top1": (0.14, "observed 0.159 after 2 epochs (chance 0.0025), problem seed 1"),
+    "train_loss_ratio": (0.85, "observed epoch 2 / epoch 1 mean loss 3.828 / 4.769 = 0.803, problem seed 1"),
+}
+
 
 def problem(seed=0, dtype=np.float64):
     rng = np.random.default_rng(seed)
@@ -56,10 +70,10 @@ def test_factored_equals_naive_float32(loss):
     """float32: errors grow with cond(U), so U is folded back often here (this problem's steps are large)."""
     out, fact, naive = run_both(loss, 3, 300, 2, np.float32, refactor_cond=100.0, check_every=10)
     for (lf, gf), (ln, gn) in zip(out["fact"], out["naive"]):
-        np.testing.assert_allclose(lf, ln, rtol=1e-4, atol=1e-5)
-        assert np.linalg.norm(gf - gn) <= 1e-4 * np.linalg.norm(gn)             # observed up to 1.3e-5
+        np.testing.assert_allclose(lf, ln, rtol=FLOORS[f"float32_loss_rel_{loss}"][0], atol=1e-6)
+        assert np.linalg.norm(gf - gn) <= FLOORS[f"float32_grad_rel_{loss}"][0] * np.linalg.norm(gn)
     for a, b in zip(fact.weights(), naive.weights()):
-        assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max()                   # observed up to 5e-6
+        assert np.abs(a - b).max() <= FLOORS[f"float32_weights_rel_{loss}"][0] * np.abs(b).max()
 
 
 def test_sparse_targets_merge_repeats_and_padding():
@@ -79,10 +93,10 @@ def test_train_api_factored_equals_naive_and_learns():
     np.testing.assert_allclose(runs["factored"].W, runs["naive"].W, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(runs["factored"].b, runs["naive"].b, rtol=1e-4, atol=1e-5)
     hist = runs["factored"].history
-    assert hist[1]["mean_loss"] < hist[0]["mean_loss"]
+    assert hist[1]["mean_loss"] <= FLOORS["train_loss_ratio"][0] * hist[0]["mean_loss"], hist
     out = runs["factored"]
     top1 = np.argmax((H @ out.W.T + out.b) ** 2, axis=1)
-    assert (top1 == labels).mean() > 0.08                 # chance 0.0025; observed 0.16 after 2 epochs
+    assert (top1 == labels).mean() >= FLOORS["train_top1"][0], (top1 == labels).mean()
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -126,3 +140,70 @@ def test_bad_targets():
         wolindex.train(W, b, np.zeros((4, DIM)), np.zeros(4), verbose=False)
     with pytest.raises(ValueError, match="values"):
         wolindex.train(W, b, np.zeros((4, DIM)), np.zeros((4, 2), np.int64), values=np.ones((4, 3)), verbose=False)
+
+
+def reference_loss(Wb, H, targets, weights, loss, eps):
+    """Summed loss of a batch, from scratch in float64: o = W h + b (Wb = [W, b]); targets (B, K) class ids
+    with weights (B, K), repeats allowed, -1 for none. squared: |o - y|^2 with y the summed weights per class;
+    spherical: -sum_k w_k log p_{t_k}, p_c = (o_c^2 + eps) / sum_j (o_j^2 + eps)."""
+    o = H @ Wb[:, :-1].T + Wb[:, -1]
+    total = 0.0
+    for i in range(H.shape[0]):
+        valid = targets[i] >= 0
+        if loss == "squared":
+            y = np.zeros(Wb.shape[0])
+            np.add.at(y, targets[i][valid], weights[i][valid])
+            total += np.sum((o[i] - y) ** 2)
+        else:
+            p = (o[i] ** 2 + eps) / np.sum(o[i] ** 2 + eps)
+            total -= np.sum(weights[i][valid] * np.log(p[targets[i][valid]]))
+    return total
+
+
+def central_difference(f, x, step=1e-6):
+    """df/dx of a scalar function of the array x, by central differences (error O(step^2))."""
+    grad = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        saved = x[i]
+        x[i] = saved + step
+        up = f()
+        x[i] = saved - step
+        down = f()
+        x[i] = saved
+        grad[i] = (up - down) / (2 * step)
+    return grad
+
+
+@pytest.mark.parametrize("algorithm", ["factored", "naive"])
+@pytest.mark.parametrize("loss", ["squared", "spherical"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_gradients_match_finite_differences(algorithm, loss, batch):
+    """Both layers' hand-derived gradients against central differences of the loss, on a tiny float64
+    problem (D = 7, d = 3, repeated and padded targets with weights), after three steps (so the factored
+    layer's U is no longer the identity): the returned loss is the loss, the returned dL/dh is its gradient,
+    and one SGD step moves [W, b] by exactly -lr * dL/d[W, b] (summed over the batch, at the weights before
+    the step)."""
+    rng = np.random.default_rng(11)
+    n_classes, dim, eps, lr = 7, 3, 1e-2, 0.05
+    W, b = rng.standard_normal((n_classes, dim)), 0.3 * rng.standard_normal(n_classes)
+    layer = (FactoredLayer(W, b, loss, eps, np.float64, check_every=10**6) if algorithm == "factored"
+             else NaiveLayer(W, b, loss, eps, np.float64))
+    for _ in range(4):
+        H = rng.standard_normal((batch, dim))
+        targets = rng.integers(-1, n_classes, (batch, 3))
+        targets[:, 2] = targets[:, 0]                              # a repeated target (or padding) per row
+        weights = rng.uniform(0.5, 2.0, (batch, 3))
+        ids, y = sparse_targets(targets, weights, batch, n_classes)
+        Wb = np.c_[layer.weights()[0], layer.weights()[1]]
+        value, grad_h = layer.step(H, ids, y, lr)
+    if algorithm == "factored":
+        assert not np.allclose(layer.U, np.eye(dim + 1))           # the factored form is in use
+    # the last step: value and grad_h at Wb (the weights before it), then its update
+    per_example = [reference_loss(Wb, H[i:i + 1], targets[i:i + 1], weights[i:i + 1], loss, eps) for i in range(batch)]
+    np.testing.assert_allclose(value, per_example, rtol=1e-10, atol=1e-12)
+    fd_h = central_difference(lambda: reference_loss(Wb, H, targets, weights, loss, eps), H)
+    np.testing.assert_allclose(grad_h, fd_h, rtol=1e-6, atol=1e-7)
+    fd_w = central_difference(lambda: reference_loss(Wb, H, targets, weights, loss, eps), Wb)
+    moved = np.c_[layer.weights()[0], layer.weights()[1]] - Wb
+    np.testing.assert_allclose(moved, -lr * fd_w, rtol=1e-6, atol=1e-8)
+    assert np.abs(fd_w).max() > 0.1                              # a real gradient, not a vanishing one

@@ -25,7 +25,7 @@ def clustered_layer(n_classes=30000, dim=32, n_groups=50, n_queries=512, seed=0)
 
 @pytest.fixture(scope="module")
 def lss_setup():
-    from wolindex.data import synthetic
+    from wolindex.contrib.datasets import synthetic
 
     data = synthetic(n_classes=2000, dim=16, n_train=4000, n_test=400, seed=5)
     index = wolindex.build(data.W, data.b, method="lss", train=data.H_train, labels=data.y_train, n_buckets=32,

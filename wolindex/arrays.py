@@ -7,7 +7,6 @@ for float32 is reported as non-finite, never clipped). Integer, boolean and comp
 """
 from __future__ import annotations
 
-import ml_dtypes
 import numpy as np
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -18,6 +17,8 @@ def _from_torch(x):
 
     x = x.detach()
     if x.dtype == torch.bfloat16:
+        import ml_dtypes
+
         return x.view(torch.int16).cpu().numpy().view(ml_dtypes.bfloat16)
     return x.cpu().numpy()
 

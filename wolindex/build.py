@@ -5,7 +5,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from . import __version__
+from ._version import __version__
 from .arrays import as_labels, as_queries
 from .index import Index
 from .layer import OutputLayer

@@ -26,14 +26,14 @@ def _settings(pairs: list[str]) -> dict:
 
 
 def _demo(a):
-    from .demo import run_demo
+    from .contrib.demo import run_demo
 
     run_demo(data=a.data, threads=a.threads, n_queries=a.queries, methods=a.methods, target_p1=a.target_p1)
 
 
 def _build(a):
     from . import build, load_layer, read_tensor
-    from .io import check_save_path
+    from .format import check_save_path
 
     check_save_path(a.out)
     settings = _settings(a.set)

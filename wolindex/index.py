@@ -1,4 +1,7 @@
-"""Index: a built method over an output layer, with search / save / load / stats."""
+"""Index: a built method over an output layer, with search / save / load / stats.
+
+The files themselves (meta.json, arrays, checksums, atomic writes) are format.py's; this module turns an
+Index into them and back."""
 from __future__ import annotations
 
 from functools import cached_property
@@ -6,9 +9,10 @@ from typing import Any
 
 import numpy as np
 
+from . import format as fmt
 from .arrays import as_queries, check_k
 from .layer import OutputLayer
-from .methods import Method
+from .methods import Method, get_method
 from .params import BuildParams
 
 
@@ -100,8 +104,6 @@ class Index:
     def save(self, path, with_layer: bool = True) -> None:
         """Write the index to a folder, or to a single uncompressed zip when path ends in .zip or .wol;
         with_layer=False leaves out W and b (then wolindex.load needs layer=...)."""
-        from .io import save_index
-
         save_index(self, path, with_layer)
 
     def nbytes(self) -> int:
@@ -133,3 +135,49 @@ class Index:
 
     def __repr__(self) -> str:
         return f"<wolindex.Index method={self.method_name!r} D={self.n_classes} d={self.dim}>"
+
+
+def save_index(index: Index, path, with_layer: bool = True) -> None:
+    """Write `index` to `path` atomically: a zip if path ends in .zip / .wol, else a folder.
+
+    with_layer=False leaves W, b and class_counts out (the method's arrays only, with the layer's SHA-256):
+    load then needs the same layer passed in. Only a wolindex index of the same kind, or an empty folder, is
+    replaced (see format.check_save_path); temporaries of earlier killed saves of `path` are removed."""
+    if not isinstance(with_layer, bool):
+        raise TypeError(f"with_layer: expected a bool, got {type(with_layer).__name__}")
+    path = fmt.check_save_path(path)
+    layer = index.layer
+    arrays = {"layer.W": layer.W, "layer.b": layer.b} if with_layer else {}
+    if with_layer and layer.class_counts is not None:
+        arrays["layer.class_counts"] = layer.class_counts
+    for name, a in index.method.arrays.items():
+        arrays[f"method.{name}"] = a
+    fields = {
+        "method": index.method_name,
+        "build_params": index.build_params.to_dict(),
+        "default_search": index.default_search,
+        "method_state": index.method.state,
+        "info": index.info,
+        "n_classes": index.n_classes,
+        "dim": index.dim,
+        "scoring": layer.scoring,
+        "epsilon": layer.epsilon,
+        "layer": "included" if with_layer else "external",
+        **({} if with_layer else {"layer_sha256": fmt.layer_fingerprint(layer)}),
+    }
+    fmt.write_index(path, arrays, fields)
+
+
+def load(path, mmap: bool = False, verify: bool = True, layer: OutputLayer | None = None) -> Index:
+    """Read an index written by Index.save. mmap=True maps arrays read-only instead of reading them;
+    verify=False skips the SHA-256 checks (which read every byte once); layer: the OutputLayer of an index
+    saved with_layer=False (its fingerprint is checked unless verify=False)."""
+    store = fmt.open_store(path)
+    meta = fmt.read_meta(store, verify)
+    method_cls = get_method(meta["method"])
+    arrays = fmt.read_arrays(store, meta, mmap, verify)
+    layer = fmt.read_layer(arrays, meta, store.path, verify, layer)
+    method = method_cls.restore(layer, {n[len("method."):]: a for n, a in arrays.items() if n.startswith("method.")},
+                                meta["method_state"])
+    build_params = method_cls.Build.from_dict(meta["build_params"])
+    return Index(layer, method, build_params, meta["default_search"], meta["info"])

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .engine.dispatch import PATHS, check_engine
+from .engine.names import PATHS, check_engine
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .engine import exact_topk
 from .layer import OutputLayer
@@ -13,6 +12,8 @@ BLOCK = 4096
 def teacher_topk(layer: OutputLayer, H: np.ndarray, k: int, verbose: bool = True):
     """H (N, d) float32 -> labels (N, k) int64 and probs (N, k) float32: the exact top-k classes and the
     softmax of their logits renormalised over those k (rows sum to 1), computed BLOCK queries at a time."""
+    from tqdm.auto import tqdm
+
     labels = np.empty((H.shape[0], k), np.int64)
     probs = np.empty((H.shape[0], k), np.float32)
     for lo in tqdm(range(0, H.shape[0], BLOCK), desc="teacher top-k", disable=not verbose, unit="block"):

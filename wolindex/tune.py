@@ -1,14 +1,13 @@
 """Auto-tuning: the cheapest search setting that meets an accuracy target on held-out queries."""
 from __future__ import annotations
 
+import time
 from functools import partial
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .arrays import as_labels, as_queries, check_k
-from .bench import compare_speed
 from .engine import exact_topk
 from .metrics import p_at_k, true_recall_at_k
 from .params import check_int, check_number
@@ -53,6 +52,8 @@ def tune(index, H_val, k: int = 10, *, target_p1: float | None = None, target_re
         def accuracy(lab):
             return p_at_k(lab, exact_labels, 1)
 
+    from tqdm.auto import tqdm
+
     grid = grid if grid is not None else index.method.tuning_grid(k)
     tried = []
     for settings in tqdm(grid, desc=f"tune {index.method_name}", disable=not verbose, leave=False):
@@ -74,3 +75,36 @@ def tune(index, H_val, k: int = 10, *, target_p1: float | None = None, target_re
               "chosen": chosen, "tried": tried}
     index.info["tuned"] = report
     return report
+
+
+def _batch_starts(n: int, batch: int, count: int) -> list[int]:
+    if batch > n:
+        raise ValueError(f"batch: {batch} is larger than the {n} queries available")
+    return [(i * batch) % (n - batch + 1) for i in range(count)]
+
+
+def compare_speed(runners: dict[str, Callable[[np.ndarray], object]], H: np.ndarray, batch: int,
+                  n_batches: int, rounds: int = 5, warmup: int = 2) -> dict[str, dict]:
+    """Time each runner on the same distinct batches H[s:s + batch], interleaving the runners in `rounds`
+    rounds so that machine noise falls on all of them alike (warm-up calls first, untimed).
+
+    Returns {name: {"batch", "n_batches", "median_s", "qps"}}: median seconds per call, batch / median."""
+    starts = _batch_starts(H.shape[0], batch, warmup + n_batches)
+    for fn in runners.values():
+        for s in starts[:warmup]:
+            fn(H[s:s + batch])
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    timed = starts[warmup:]
+    for r in range(rounds):
+        part = timed[r::rounds]
+        for name, fn in runners.items():
+            for s in part:
+                Hb = H[s:s + batch]
+                t0 = time.perf_counter()
+                fn(Hb)
+                times[name].append(time.perf_counter() - t0)
+    out = {}
+    for name, ts in times.items():
+        median = float(np.median(ts))
+        out[name] = {"batch": batch, "n_batches": len(ts), "median_s": median, "qps": batch / median}
+    return out

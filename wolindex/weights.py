@@ -15,13 +15,12 @@ import zipfile
 import zlib
 from pathlib import Path
 
-import ml_dtypes
 import numpy as np
-from safetensors import SafetensorError, safe_open
 
 from .layer import OutputLayer
 
-_SAFETENSORS_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "BF16": ml_dtypes.bfloat16,
+# "bfloat16": ml_dtypes.bfloat16, imported when a BF16 tensor is read (see _numpy_dtype)
+_SAFETENSORS_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "BF16": "bfloat16",
                        "I8": np.int8, "I16": np.int16, "I32": np.int32, "I64": np.int64,
                        "U8": np.uint8, "U16": np.uint16, "U32": np.uint32, "U64": np.uint64}
 _HF_WEIGHT_KEYS = ("lm_head.weight", "output.weight", "embed_out.weight", "cls.predictions.decoder.weight")
@@ -39,12 +38,24 @@ _ZIP_ERRORS = (ValueError, OSError, EOFError, OverflowError, zipfile.BadZipFile,
 
 def _safe_open(path: Path, name: str):
     """safe_open(path) for numpy, its errors (bad header, offsets, overlaps, truncation) as ValueError."""
+    from safetensors import SafetensorError, safe_open
+
     try:
         return safe_open(path, framework="numpy")
     except FileNotFoundError:
         raise FileNotFoundError(f"{name}: {path} does not exist") from None
     except (SafetensorError, OSError) as err:
         raise ValueError(f"{name}: {path} is not a valid safetensors file ({err})") from None
+
+
+def _numpy_dtype(code: str) -> np.dtype:
+    """The little-endian NumPy dtype of a safetensors dtype code in _SAFETENSORS_DTYPES."""
+    kind = _SAFETENSORS_DTYPES[code]
+    if kind == "bfloat16":
+        import ml_dtypes
+
+        kind = ml_dtypes.bfloat16
+    return np.dtype(kind).newbyteorder("<")
 
 
 def _safetensors_keys(path: Path, name: str) -> list[str]:
@@ -65,7 +76,7 @@ def read_safetensors(path, key: str, name: str = "path", key_name: str = "key") 
         code, shape = tensor.get_dtype(), tuple(tensor.get_shape())
     if code not in _SAFETENSORS_DTYPES:
         raise TypeError(f"{name}: {path}[{key!r}] has dtype {code}; expected one of {sorted(_SAFETENSORS_DTYPES)}")
-    dtype = np.dtype(_SAFETENSORS_DTYPES[code]).newbyteorder("<")
+    dtype = _numpy_dtype(code)
     try:  # the header again, for the tensor's offsets (valid: safe_open checked them)
         with open(path, "rb") as fp:
             (n,) = struct.unpack("<Q", fp.read(8))

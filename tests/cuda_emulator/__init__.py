@@ -24,20 +24,23 @@ def compiler() -> str | None:
 
 
 def build(folder: Path, kmax: int = kernels.KMAX) -> ctypes.CDLL:
-    """Compile kernels.cu with the shim into folder (reused while the sources are unchanged) and load it."""
+    """Compile kernels.cu with the shim into folder (reused while the sources and constants are unchanged) and
+    load it. The kernels' constants come from wolindex.gpu.kernels as -D options, as CuPy passes them to
+    NVRTC (kmax: WOL_KMAX, for tests of a smaller selection limit)."""
     source = kernels.SOURCE.read_text()
     wrappers = "".join(
         f'extern "C" int emu_{name}(unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, '
         f"void** args) {{ return emu_launch({name}, dim3{{gx, gy, gz}}, dim3{{bx, by, bz}}, args); }}\n"
         for name in kernels.KERNELS)
-    text = f'#include "{HERE / "shim.h"}"\n#define WOL_KMAX {kmax}\n#include "{kernels.SOURCE}"\n{wrappers}'
-    tag = hashlib.sha256((text + source + (HERE / "shim.h").read_text()).encode()).hexdigest()[:16]
+    text = f'#include "{HERE / "shim.h"}"\n#include "{kernels.SOURCE}"\n{wrappers}'
+    defines = list(kernels.options(WOL_KMAX=kmax))
+    tag = hashlib.sha256((text + source + (HERE / "shim.h").read_text() + " ".join(defines)).encode()).hexdigest()[:16]
     lib = folder / f"emulated-{tag}.so"
     if not lib.exists():
         cpp = folder / f"emulated-{tag}.cpp"
         cpp.write_text(text)
-        subprocess.run([compiler() or "g++", "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-w", "-o",
-                        str(lib), str(cpp)], check=True)
+        subprocess.run([compiler() or "g++", "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-w", *defines,
+                        "-o", str(lib), str(cpp)], check=True)
     return ctypes.CDLL(str(lib))
 
 
@@ -95,7 +98,8 @@ def nvrtc_library() -> ctypes.CDLL | None:
 
 
 def nvrtc_compile(lib: ctypes.CDLL, source: bytes, options: list[bytes]) -> tuple[int, str, str]:
-    """Compile CUDA source to PTX as CuPy's RawModule would: (status, log, ptx)."""
+    """Compile CUDA source to PTX as CuPy's RawModule would: (status, log, ptx). options: all of them, the
+    kernels' -D constants (kernels.options()) included."""
     prog = ctypes.c_void_p()
     if lib.nvrtcCreateProgram(ctypes.byref(prog), source, b"kernels.cu", 0, None, None):
         raise RuntimeError("nvrtcCreateProgram failed")

@@ -6,7 +6,7 @@ import pytest
 
 import wolindex
 from conftest import assert_topk_matches, random_layer, random_queries
-from wolindex.data import synthetic
+from wolindex.contrib.datasets import synthetic
 from wolindex.gpu import engine
 from wolindex.gpu.runtime import queries_to_storage, rows_to_storage, storage_to_float32
 

@@ -1,16 +1,20 @@
-"""Engine entry points: argument plumbing, memory bounds, workspaces and the choice of kernel."""
+"""Engine entry points: argument plumbing, memory bounds, workspaces and the choice of kernel.
+
+The Numba kernels (cpu.py) and Numba itself load on the first search that needs them (_kernels), so that
+`import wolindex` stays light."""
 from __future__ import annotations
 
 import threading
 
-import numba
 import numpy as np
 
-from . import cpu, numpy_ref
+from . import numpy_ref
 from .buckets import Buckets, PackedRows, check_probes
+from .names import ENGINES, PATHS, check_engine
 
-ENGINES = ("numba", "numpy")
-PATHS = ("auto", "fused", "grouped")
+__all__ = ["ENGINES", "PATHS", "candidate_topk", "check_engine", "check_rows", "choose_path", "exact_topk",
+           "merge_topk", "rescore_topk"]
+
 QUERY_BLOCK = 4096        # queries per kernel call: bounds heap memory for any N
 ITEM_QUERIES = 64         # queries per work item of the grouped path
 GROUPED_MIN_SHARING = 4.0  # auto path: grouped when probes per distinct bucket reach this
@@ -20,6 +24,23 @@ _STAMP_LIMIT = 2**31 - 1
 _local = threading.local()
 _launch_lock = threading.Lock()
 _layer_is_threadsafe: bool | None = None
+_cpu = None               # the kernel module, once loaded
+
+
+def _kernels():
+    """The Numba kernel module (engine/cpu.py), imported on first use (compiling or loading the kernels)."""
+    global _cpu
+    if _cpu is None:
+        from . import cpu
+
+        _cpu = cpu
+    return _cpu
+
+
+def _num_threads() -> int:
+    import numba
+
+    return numba.get_num_threads()
 
 
 def _threadsafe() -> bool:
@@ -27,10 +48,12 @@ def _threadsafe() -> bool:
     (omp and tbb do; workqueue does not, and then launches are serialised by a lock)."""
     global _layer_is_threadsafe
     if _layer_is_threadsafe is None:
+        import numba
+
         with _launch_lock:
-            cpu.exact_topk_kernel(np.zeros((1, 1), np.float32), np.zeros(1, np.float32),
-                                  np.zeros((1, 1), np.float32), 1, 1, 1, False,
-                                  np.empty((1, 1), np.float32), np.empty((1, 1), np.int64))
+            _kernels().exact_topk_kernel(np.zeros((1, 1), np.float32), np.zeros(1, np.float32),
+                                         np.zeros((1, 1), np.float32), 1, 1, 1, False,
+                                         np.empty((1, 1), np.float32), np.empty((1, 1), np.int64))
             _layer_is_threadsafe = numba.threading_layer() != "workqueue"
     return _layer_is_threadsafe
 
@@ -45,11 +68,6 @@ def _launch(kernel, *args):
 def _row_block(dim: int) -> int:
     """Rows per cache block: about 128 KiB of float32 rows."""
     return max(8, (128 * 1024) // (4 * dim))
-
-
-def check_engine(engine: str) -> None:
-    if engine not in ENGINES:
-        raise ValueError(f"engine: expected one of {ENGINES}, got {engine!r}")
 
 
 def check_rows(W: np.ndarray, b: np.ndarray, H: np.ndarray, k) -> None:
@@ -81,10 +99,11 @@ def exact_topk(W: np.ndarray, b: np.ndarray, H: np.ndarray, k: int, engine: str 
     N = H.shape[0]
     out_s = np.empty((N, k), np.float32)
     out_l = np.empty((N, k), np.int64)
+    cpu = _kernels()
     if N * W.shape[0] * W.shape[1] <= SERIAL_MAX_WORK:
         cpu.exact_topk_serial_kernel(W, b, H, k, _row_block(W.shape[1]), square, out_s, out_l)
         return out_s, out_l
-    n_chunks = max(1, min(4 * numba.get_num_threads(), W.shape[0] // 64))
+    n_chunks = max(1, min(4 * _num_threads(), W.shape[0] // 64))
     for q0 in range(0, N, QUERY_BLOCK):
         q1 = min(N, q0 + QUERY_BLOCK)
         _launch(cpu.exact_topk_kernel, W, b, H[q0:q1], k, n_chunks, _row_block(W.shape[1]), square,
@@ -124,7 +143,8 @@ def _fused_workspace(n_chunks: int, n_classes: int) -> _FusedWorkspace:
 
 def _fused(W, b, row_of, n_classes, H, k, buckets, probes, square):
     N = H.shape[0]
-    threads = numba.get_num_threads()
+    cpu = _kernels()
+    threads = _num_threads()
     n_chunks = max(1, min(N, threads))
     out_s = np.empty((N, k), np.float32)
     out_l = np.empty((N, k), np.int64)
@@ -167,6 +187,9 @@ def _work_items(probes: np.ndarray, sizes: np.ndarray):
 
 
 def _grouped(W, b, row_of, H, k, buckets, probes, square):
+    import numba
+
+    cpu = _kernels()
     N = probes.shape[0]
     out_s = np.empty((N, k), np.float32)
     out_l = np.empty((N, k), np.int64)

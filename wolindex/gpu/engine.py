@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..engine import Buckets, PackedRows
+from ..engine.names import PATHS
 from . import kernels
 from .runtime import NULL, queries_to_storage, rows_to_storage
 
@@ -18,7 +19,6 @@ QUERY_BLOCK = 4096           # queries per GEMM of exact search
 SELECT_SLICE = 4096          # entries per block of the selection kernel
 FUSED_SLICE = 128            # candidate rows per block of the fused kernel, at most (16 per warp)
 FUSED_MAX_BATCH = 128        # path 'auto': fused up to this many queries, tiles above
-PATHS = ("auto", "fused", "grouped")
 
 
 def _blocks(n: float, per_block: int, most: int) -> int:

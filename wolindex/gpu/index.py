@@ -6,8 +6,15 @@ from typing import Any
 import numpy as np
 
 from ..arrays import FLOAT_DTYPES, as_queries, check_k
+from ..methods import METHODS
 from . import kernels
-from .methods import SEARCHES
+from .ops import DeviceOps
+
+
+def searches_on_gpu(method_cls) -> bool:
+    """Whether a method class has a GPU search: one written against the engine operations (search_with, see
+    wolindex.methods.ops), which the GPU engine provides on the device."""
+    return callable(getattr(method_cls, "search_with", None))
 
 
 class GpuIndex:
@@ -20,16 +27,16 @@ class GpuIndex:
     def __init__(self, index, runtime, dtype: str = "float32"):
         if dtype not in kernels.ROW_TYPES:
             raise ValueError(f"dtype: expected one of {sorted(kernels.ROW_TYPES)}, got {dtype!r}")
-        if index.method_name not in SEARCHES:
+        if not searches_on_gpu(type(index.method)):
             raise ValueError(f"device: method {index.method_name!r} searches on the CPU only; these search on the "
-                             f"GPU: {sorted(SEARCHES)}")
+                             f"GPU: {sorted(name for name, cls in METHODS.items() if searches_on_gpu(cls))}")
         if index.layer.square:
             raise ValueError("scoring: spherical layers are searched on the CPU only")
         if index.dim > kernels.DMAX:
             raise ValueError(f"W: the GPU engine handles d <= {kernels.DMAX}, got d = {index.dim}")
         self.index, self.runtime, self.dtype = index, runtime, dtype
         with runtime.device:
-            self.searcher = SEARCHES[index.method_name](runtime, index, dtype)
+            self.ops = DeviceOps(runtime, index, dtype)
 
     @property
     def method_name(self) -> str:
@@ -50,7 +57,7 @@ class GpuIndex:
         params = self.index.search_params(**settings)
         with self.runtime.device:
             Q, back = device_queries(self.runtime, H, self.index.dim)
-            out = self.searcher.search(Q, k, params)
+            out = self.index.method.search_with(self.ops, Q, k, params)
         return tuple(back(a) for a in out[:2 + return_n_scored])
 
     def __repr__(self) -> str:

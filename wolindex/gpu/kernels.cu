@@ -12,18 +12,19 @@
 // Class rows are stored as float32, float16 or bfloat16 (kernels named _f32, _f16, _bf16); queries and
 // all arithmetic are float32.
 
-#ifndef WOL_KMAX
-#define WOL_KMAX 32          // largest k a kernel selects
+// The constants the host code shares (WOL_THREADS, WOL_KMAX, WOL_DMAX, WOL_TILE_ROWS, WOL_TILE_QUERIES) are
+// defined in wolindex/gpu/kernels.py only and passed as -D options (kernels.options()) by every compiler.
+#if !defined(WOL_THREADS) || !defined(WOL_KMAX) || !defined(WOL_DMAX) || !defined(WOL_TILE_ROWS) || \
+    !defined(WOL_TILE_QUERIES)
+#error "compile with the -D options of wolindex.gpu.kernels.options()"
 #endif
-#ifndef WOL_DMAX
-#define WOL_DMAX 4096        // largest dimension the fused kernel keeps in shared memory
-#endif
-#define WOL_THREADS 256
+static_assert(WOL_THREADS % 32 == 0, "WOL_THREADS: whole warps");
+static_assert(WOL_KMAX >= 1 && WOL_KMAX <= WOL_THREADS, "WOL_KMAX: one thread writes each selected entry");
+static_assert(WOL_THREADS == 256 && WOL_TILE_ROWS == 64 && WOL_TILE_QUERIES == 32,
+              "tile_candidates maps 16 x 16 threads onto WOL_TILE_ROWS x WOL_TILE_QUERIES as 4 x 2 each");
 #define WOL_WARPS (WOL_THREADS / 32)
 #define WOL_NO_ID 0x7fffffff  // id of an empty list slot: ranks after every class at equal score
-#define WOL_TILE_ROWS 64      // bucket-tile kernel: rows x queries per block, dimension step
-#define WOL_TILE_QUERIES 32
-#define WOL_TILE_STEP 32
+#define WOL_TILE_STEP 32      // bucket-tile kernel: dimension step
 
 __device__ __forceinline__ float wol_neg_inf() { return __int_as_float(0xff800000); }
 

@@ -99,7 +99,7 @@ class CupyRuntime(Runtime):
                              f"({cupy.cuda.runtime.getDeviceCount()} visible)")
         self.device = cupy.cuda.Device(device_id)
         with self.device:
-            self.module = cupy.RawModule(code=kernels.SOURCE.read_text(), options=("--std=c++17",))
+            self.module = cupy.RawModule(code=kernels.SOURCE.read_text(), options=("--std=c++17",) + kernels.options())
         self._kernels: dict = {}
         self._one = np.ones(1, np.float32)
         self._zero = np.zeros(1, np.float32)

@@ -5,7 +5,6 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..arrays import as_queries, to_numpy
 from ..layer import OutputLayer
@@ -94,6 +93,8 @@ def train(W, b, H, targets, *, values=None, loss: str = "spherical", epsilon: fl
         state = FactoredLayer(layer.W, layer.b, loss, epsilon, DTYPES[dtype], refactor_cond, check_every)
     else:
         state = NaiveLayer(layer.W, layer.b, loss, epsilon, DTYPES[dtype])
+    from tqdm.auto import tqdm
+
     rng = np.random.default_rng(seed)
     history = []
     for epoch in range(epochs):

@@ -3,7 +3,7 @@
 - ``debian-lm-100k``: a real word-level LM output layer (D = 100,000, d = 256) with real hidden states,
   read from the folder named by the environment variable WOLINDEX_DATA (its CARD.md describes it).
 - ``debian-cbow``: a word2vec CBOW output layer built on the spot from Debian packages (see
-  wolindex.debian_cbow), read from WOLINDEX_DATA/debian-cbow or the cache folder (WOLINDEX_CACHE, default
+  wolindex.contrib.debian_cbow), read from WOLINDEX_DATA/debian-cbow or the cache folder (WOLINDEX_CACHE, default
   ~/.cache/wolindex), and built there on first use.
 - ``synthetic``: a seeded generator with Zipfian class frequencies and clustered hidden states."""
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .params import check_int
+from ..params import check_int
 
 DATA_ENV = "WOLINDEX_DATA"
 CACHE_ENV = "WOLINDEX_CACHE"

@@ -9,11 +9,11 @@ from functools import partial
 
 import numpy as np
 
-from . import build
-from .bench import compare_speed, machine_info, numpy_topk, set_threads
-from .data import DATA_ENV, debian_cbow, debian_cbow_path, debian_lm_100k, debian_lm_100k_path, synthetic
-from .methods import METHODS
-from .metrics import p_at_k, true_recall_at_k
+from .. import build
+from ..methods import METHODS
+from ..metrics import p_at_k, true_recall_at_k
+from .datasets import DATA_ENV, debian_cbow, debian_cbow_path, debian_lm_100k, debian_lm_100k_path, synthetic
+from .timing import compare_speed, machine_info, numpy_topk, set_threads
 
 K = 10
 EXACT_BASELINES = ("exact", "faiss-flat")

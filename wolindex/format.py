@@ -3,7 +3,10 @@
 Writes are atomic (a temporary sibling is renamed into place) and replace only what is itself a wolindex
 index. Loading parses JSON and .npy headers only, never unpickles or imports anything named by the file,
 checks meta.json's fields and SHA-256 and every array's dtype, shape and SHA-256, and can memory-map the
-arrays (also inside the zip, whose members are stored uncompressed)."""
+arrays (also inside the zip, whose members are stored uncompressed).
+
+This module knows files, arrays and the output layer only; assembling an Index from them (and back) is
+index.py's (Index.save, wolindex.load)."""
 from __future__ import annotations
 
 import hashlib
@@ -19,10 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .index import Index
+from ._version import __version__
 from .layer import OutputLayer, check_scoring
-from .methods import get_method
 
 FORMAT = "wolindex-index"
 FORMAT_VERSION = 2   # 2: meta.json carries meta_sha256
@@ -54,16 +55,10 @@ def layer_fingerprint(layer: OutputLayer) -> str:
     return sha.hexdigest()
 
 
-def _arrays_of(index: Index, with_layer: bool) -> dict[str, np.ndarray]:
-    arrays = {"layer.W": index.layer.W, "layer.b": index.layer.b} if with_layer else {}
-    if with_layer and index.layer.class_counts is not None:
-        arrays["layer.class_counts"] = index.layer.class_counts
-    for name, a in index.method.arrays.items():
-        arrays[f"method.{name}"] = a
+def _check_array_names(arrays: dict[str, np.ndarray]) -> None:
     for name, a in arrays.items():
         if not _NAME.match(name) or a.dtype.hasobject:
             raise ValueError(f"array {name!r}: names must match {_NAME.pattern} and dtypes hold no objects")
-    return arrays
 
 
 def meta_checksum(meta: dict) -> str:
@@ -72,25 +67,9 @@ def meta_checksum(meta: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def _meta_of(index: Index, entries: dict) -> dict:
-    external = "layer.W" not in entries
-    meta = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "library_version": __version__,
-        "method": index.method_name,
-        "build_params": index.build_params.to_dict(),
-        "default_search": index.default_search,
-        "method_state": index.method.state,
-        "info": index.info,
-        "n_classes": index.n_classes,
-        "dim": index.dim,
-        "scoring": index.layer.scoring,
-        "epsilon": index.layer.epsilon,
-        "layer": "external" if external else "included",
-        **({"layer_sha256": layer_fingerprint(index.layer)} if external else {}),
-        "arrays": entries,
-    }
+def _meta_of(fields: dict, entries: dict) -> dict:
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "library_version": __version__, **fields,
+            "arrays": entries}
     return {**meta, "meta_sha256": meta_checksum(meta)}
 
 
@@ -104,7 +83,7 @@ def _entry(a: np.ndarray, sha: str, file: str) -> dict:
     return {"file": file, "dtype": a.dtype.str, "shape": list(a.shape), "sha256": sha}
 
 
-def _write_folder(tmp: Path, arrays: dict, index: Index) -> None:
+def _write_folder(tmp: Path, arrays: dict, fields: dict) -> None:
     tmp.mkdir()
     entries = {}
     for name, a in arrays.items():
@@ -113,18 +92,18 @@ def _write_folder(tmp: Path, arrays: dict, index: Index) -> None:
             f.flush()
             os.fsync(f.fileno())
     with open(tmp / META, "w") as f:
-        json.dump(_meta_of(index, entries), f, indent=1)
+        json.dump(_meta_of(fields, entries), f, indent=1)
         f.flush()
         os.fsync(f.fileno())
 
 
-def _write_zip(tmp: Path, arrays: dict, index: Index) -> None:
+def _write_zip(tmp: Path, arrays: dict, fields: dict) -> None:
     entries = {}
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
         for name, a in arrays.items():
             with z.open(f"{name}.npy", "w", force_zip64=True) as f:
                 entries[name] = _entry(a, _write_npy(f, a), f"{name}.npy")
-        z.writestr(META, json.dumps(_meta_of(index, entries), indent=1))
+        z.writestr(META, json.dumps(_meta_of(fields, entries), indent=1))
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
 
@@ -192,20 +171,18 @@ def _sibling(path: Path, kind: str) -> Path:
     return path.parent / f".{path.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
 
 
-def save_index(index: Index, path, with_layer: bool = True) -> None:
-    """Write `index` to `path` atomically: a zip if path ends in .zip / .wol, else a folder.
+def write_index(path, arrays: dict[str, np.ndarray], fields: dict) -> None:
+    """Write `arrays` and meta.json (format fields, then `fields`, then the array entries and the checksum)
+    to `path` atomically: a zip if path ends in .zip / .wol, else a folder.
 
-    with_layer=False leaves W, b and class_counts out (the method's arrays only, with the layer's SHA-256):
-    load_index then needs the same layer passed in. Only a wolindex index of the same kind, or an empty
-    folder, is replaced (see check_save_path); temporaries of earlier killed saves of `path` are removed."""
-    if not isinstance(with_layer, bool):
-        raise TypeError(f"with_layer: expected a bool, got {type(with_layer).__name__}")
+    Only a wolindex index of the same kind, or an empty folder, is replaced (see check_save_path);
+    temporaries of earlier killed saves of `path` are removed."""
     path = check_save_path(path)
-    arrays = _arrays_of(index, with_layer)
+    _check_array_names(arrays)
     tmp = _sibling(path, "tmp")
     as_zip = path.suffix.lower() in _ZIP_SUFFIXES
     try:
-        (_write_zip if as_zip else _write_folder)(tmp, arrays, index)
+        (_write_zip if as_zip else _write_folder)(tmp, arrays, fields)
         if as_zip or not path.exists():
             os.replace(tmp, path)
         else:
@@ -363,19 +340,25 @@ def _check_fields(d: dict, fields: dict, path: Path, where: str) -> None:
                              f"got {type(d[name]).__name__}")
 
 
-def load_index(path, mmap: bool = False, verify: bool = True, layer: OutputLayer | None = None) -> Index:
-    """Read an index written by Index.save. mmap=True maps arrays read-only instead of reading them;
-    verify=False skips the SHA-256 checks (which read every byte once); layer: the OutputLayer of an index
-    saved with_layer=False (its fingerprint is checked unless verify=False)."""
+def open_store(path) -> _Folder | _Zip:
+    """The index folder or zip at path; FileNotFoundError when there is none."""
     path = Path(path)
     if path.is_dir():
-        store = _Folder(path)
-    elif path.is_file():
-        store = _Zip(path)
-    else:
-        raise FileNotFoundError(f"path: {path} does not exist")
-    meta = _read_meta(store, path, verify)
-    method_cls = get_method(meta["method"])
+        return _Folder(path)
+    if path.is_file():
+        return _Zip(path)
+    raise FileNotFoundError(f"path: {path} does not exist")
+
+
+def read_meta(store: _Folder | _Zip, verify: bool = True) -> dict:
+    """The store's meta.json, parsed and checked (see _read_meta)."""
+    return _read_meta(store, store.path, verify)
+
+
+def read_arrays(store: _Folder | _Zip, meta: dict, mmap: bool = False, verify: bool = True) -> dict[str, np.ndarray]:
+    """Every array meta.json lists, by name: its dtype, shape and (when verify) SHA-256 checked; memory-mapped
+    read-only when mmap."""
+    path = store.path
     arrays = {}
     for name, entry in meta["arrays"].items():
         if not _NAME.match(name) or entry.get("file") != f"{name}.npy":
@@ -384,16 +367,18 @@ def load_index(path, mmap: bool = False, verify: bool = True, layer: OutputLayer
         if verify and _sha256_of(where, offset, length) != entry["sha256"]:
             raise ValueError(f"path: {path}: checksum mismatch in {entry['file']} (file damaged or altered)")
         arrays[name] = _read_array(where, offset, length, entry, mmap, name)
+    return arrays
+
+
+def read_layer(arrays: dict, meta: dict, path, verify: bool, layer: OutputLayer | None = None) -> OutputLayer:
+    """The index's OutputLayer: from its own arrays, or `layer` (checked against meta) for an index saved
+    without it."""
+    path = Path(path)
     if meta.get("layer", "included") == "external":
-        layer = _external_layer(layer, meta, path, verify)
-    elif layer is not None:
+        return _external_layer(layer, meta, path, verify)
+    if layer is not None:
         raise ValueError(f"layer: {path} holds its own layer; pass layer only for indexes saved with_layer=False")
-    else:
-        layer = _layer_of(arrays, meta, path)
-    method = method_cls.restore(layer, {n[len("method."):]: a for n, a in arrays.items() if n.startswith("method.")},
-                                meta["method_state"])
-    build_params = method_cls.Build.from_dict(meta["build_params"])
-    return Index(layer, method, build_params, meta["default_search"], meta["info"])
+    return _layer_of(arrays, meta, path)
 
 
 def _layer_of(arrays: dict, meta: dict, path: Path) -> OutputLayer:

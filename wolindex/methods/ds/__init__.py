@@ -1,5 +1,6 @@
 """method='ds': DS-Softmax (Liao et al. 2019) as an index: a learned gate picks the top-m of K sparse
-experts, and the engine scores the union of their classes exactly (see ds_training for the training)."""
+experts, and the engine scores the union of their classes exactly (gate.py: the gate, which routes on either
+engine; training.py: the training)."""
 from __future__ import annotations
 
 import time
@@ -7,12 +8,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..engine import Buckets, PackedRows, candidate_topk, exact_topk
-from ..params import BuildParams, CandidateSearchParams, check_int, check_number
-from ..teacher import teacher_topk
-from .base import BucketMethod, check_state_int
-from .ds_training import DSTrainer, Gate, TrainConfig
-from .registry import register
+from ...engine import Buckets, PackedRows
+from ...params import BuildParams, CandidateSearchParams, check_int, check_number
+from ...teacher import teacher_topk
+from ..base import BucketMethod, check_state_int
+from ..ops import HostOps
+from ..registry import register
+from .gate import Gate
+from .training import DSTrainer
 
 SCORINGS = ("exact", "adapted")
 
@@ -24,14 +27,14 @@ class DSBuild(BuildParams):
     to the last one; batch_size; gate_lr (Adam); expert_lr (proximal SGD); lasso: group-lasso weight;
     prune_below: row norm under which a row leaves its expert; balance: importance-loss weight;
     label_weight / distill_weight: cross-entropy on the labels and on the exact top-`distill_k`
-    distribution (distill_k at most D); split_margin: how far apart (in standard deviations of the expert's queries along their
-    leading direction) the twins' gate logits start at mitosis; complete_k: after training, give each
-    expert the exact top-complete_k classes of the training queries routed to it (0: off; an addition to
-    the paper that guarantees the training queries' top classes are found with n_probe=1);
-    capacity_factor: in training, an expert takes at most capacity_factor * batch_size / K queries of a
-    batch, the rest going to their next choice (0: plain top-1 as in the paper; an addition against gate
-    collapse); gate_hidden: 0 for a linear gate,
-    else the width of one ReLU hidden layer; keep_adapted: also store the experts' own rows (for
+    distribution (distill_k at most D); split_margin: how far apart (in standard deviations of the expert's
+    queries along their leading direction) the twins' gate logits start at mitosis; complete_k: after
+    training, give each expert the exact top-complete_k classes of the training queries routed to it (0:
+    off; an addition to the paper that guarantees the training queries' top classes are found with
+    n_probe=1); capacity_factor: in training, an expert takes at most capacity_factor * batch_size / K
+    queries of a batch, the rest going to their next choice (0: plain top-1 as in the paper; an addition
+    against gate collapse); gate_hidden: 0 for a linear gate, else the width of one ReLU hidden layer;
+    keep_adapted: also store the experts' own rows (for
     scoring='adapted'); seed."""
 
     n_experts: int = 256
@@ -115,7 +118,7 @@ class DSSoftmax(BucketMethod):
                            **{name: (np.float32, shape) for name, shape in adapted.items()}})
         if np.any(a["rehomed"] < 0) or np.any(a["rehomed"] >= layer.n_classes):
             raise ValueError(f"arrays: rehomed class ids must lie in [0, {layer.n_classes})")
-        self.gate = Gate.from_arrays({name: a[f"gate.{name}"] for name in gate}, hidden)
+        self.gate = self.router = Gate.from_arrays({name: a[f"gate.{name}"] for name in gate}, hidden)
         self.adapted = None
         if adapted:
             self.adapted = PackedRows.from_arrays(a["adapted_W"], a["adapted_b"])
@@ -130,8 +133,7 @@ class DSSoftmax(BucketMethod):
         started = time.perf_counter()
         t_labels, t_probs = teacher_topk(layer, train, params.distill_k, verbose)
         teacher_s = time.perf_counter() - started
-        cfg = TrainConfig(**{f: getattr(params, f) for f in TrainConfig.__dataclass_fields__})
-        trainer = DSTrainer(layer.W, layer.b, train, labels, t_labels, t_probs, cfg, params.seed)
+        trainer = DSTrainer(layer.W, layer.b, train, labels, t_labels, t_probs, params)
         trainer.train(verbose)
         experts = trainer.experts
         buckets = Buckets.from_lists([e.classes for e in experts])
@@ -156,19 +158,18 @@ class DSSoftmax(BucketMethod):
             raise ValueError("scoring: 'adapted' needs an index built with keep_adapted=True")
 
     def route(self, H: np.ndarray, n_probe: int, engine: str = "numba") -> np.ndarray:
-        """(N, d) -> (N, n_probe) int32: the experts with the largest gate logits, best first. A linear gate's
-        are an exact top-k over its rows by the query engine: a BLAS product here would leave BLAS threads
-        spinning against the engine's (measured: a batch-1 search at n_probe=1 took 444 us instead of 348)."""
-        if self.gate.hidden:
-            return self.gate.route(H, n_probe)
-        return exact_topk(self.gate.params["U"], self.gate.params["c"], H, n_probe, engine)[1].astype(np.int32)
+        """(N, d) -> (N, n_probe) int32: the experts with the largest gate logits, best first, by the CPU
+        engine (see Gate.route)."""
+        return self.gate.route(H, n_probe, HostOps(engine=engine))
 
     def search(self, layer, H, k, params):
+        return self.search_with(HostOps(layer, self, params.engine), H, k, params)
+
+    def search_with(self, ops, H, k, params):
+        """Search on either engine (see methods.ops): the gate's top-n_probe experts, scored exactly."""
         self.check_search(params)
-        probes = self.route(H, params.n_probe, params.engine)
-        rows = self.packed if params.scoring == "exact" else self.adapted
-        return candidate_topk(layer.W, layer.b, H, k, self.buckets, probes, engine=params.engine,
-                              path=params.path, packed=rows)
+        probes = ops.router.route(H, params.n_probe, ops)
+        return ops.candidates(H, k, probes, params.path, rows="packed" if params.scoring == "exact" else "adapted")
 
     def tuning_grid(self, k):
         return [{"n_probe": m} for m in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32) if m <= self.buckets.n_buckets]

@@ -131,7 +131,7 @@ def build_debian_cbow(out: Path, n_train_queries: int = 200_000, n_test_queries:
 
 
 def _top1(W, b, H):
-    from .engine import exact_topk
+    from ..engine import exact_topk
 
     return exact_topk(W, b, H, 1)[1][:, 0]
 
@@ -139,7 +139,7 @@ def _top1(W, b, H):
 def _card(n_tokens, shape, n_train, n_test, recall1) -> str:
     return f"""# debian-cbow — a word2vec CBOW output layer over Debian text
 
-Built by `wolindex.debian_cbow.build_debian_cbow` (see its docstring for every step).
+Built by `wolindex.contrib.debian_cbow.build_debian_cbow` (see its docstring for every step).
 
 | file | shape / dtype | what |
 |---|---|---|

@@ -39,10 +39,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from ..._numeric import Adam
+from .gate import Gate
+
+if TYPE_CHECKING:
+    from . import DSBuild
 
 RMS_DECAY = 0.99
 BALANCE_TEMPERATURE = 4.0
@@ -87,123 +92,19 @@ class Expert:
         return np.sqrt(self.sq / (1.0 - RMS_DECAY ** self.steps)) + 1e-8
 
 
-class Gate:
-    """Linear gate U h + c, or with hidden > 0: U2 relu(U1 h + c1) + c2. Adam-trained."""
-
-    def __init__(self, dim: int, n_experts: int, hidden: int, rng: np.random.Generator):
-        self.hidden = hidden
-        if hidden:
-            self.params = {"U1": (rng.standard_normal((hidden, dim)) / np.sqrt(dim)).astype(np.float32),
-                           "c1": np.zeros(hidden, np.float32),
-                           "U": np.zeros((n_experts, hidden), np.float32), "c": np.zeros(n_experts, np.float32)}
-        else:
-            self.params = {"U": np.zeros((n_experts, dim), np.float32), "c": np.zeros(n_experts, np.float32)}
-        self._reset_adam()
-
-    @classmethod
-    def from_arrays(cls, params: dict, hidden: int) -> "Gate":
-        """A trained gate from its parameter arrays (U, c and, with a hidden layer, U1, c1)."""
-        gate = cls.__new__(cls)
-        gate.hidden = hidden
-        gate.params = {k: np.asarray(v) for k, v in params.items()}
-        gate._reset_adam()
-        return gate
-
-    def _reset_adam(self):
-        self.m = {k: np.zeros_like(v) for k, v in self.params.items()}
-        self.v = {k: np.zeros_like(v) for k, v in self.params.items()}
-        self.t = 0
-
-    @property
-    def n_experts(self) -> int:
-        return self.params["c"].shape[0]
-
-    def forward(self, H: np.ndarray):
-        """H (B, d) -> logits (B, K) and what backward needs."""
-        p = self.params
-        if self.hidden:
-            z = np.maximum(H @ p["U1"].T + p["c1"], 0.0)
-            return z @ p["U"].T + p["c"], (H, z)
-        return H @ p["U"].T + p["c"], (H, H)
-
-    def backward(self, dlogits: np.ndarray, cache) -> dict:
-        H, z = cache
-        grads = {"U": dlogits.T @ z, "c": dlogits.sum(axis=0)}
-        if self.hidden:
-            dz = (dlogits @ self.params["U"]) * (z > 0)
-            grads["U1"] = dz.T @ H
-            grads["c1"] = dz.sum(axis=0)
-        return grads
-
-    def adam_step(self, grads: dict, lr: float, b1=0.9, b2=0.999, eps=1e-8) -> None:
-        self.t += 1
-        for k, g in grads.items():
-            self.m[k] = b1 * self.m[k] + (1 - b1) * g
-            self.v[k] = b2 * self.v[k] + (1 - b2) * g * g
-            mhat = self.m[k] / (1 - b1 ** self.t)
-            vhat = self.v[k] / (1 - b2 ** self.t)
-            self.params[k] -= (lr * mhat / (np.sqrt(vhat) + eps)).astype(np.float32)
-
-    def features(self, H: np.ndarray) -> np.ndarray:
-        """What the output layer of the gate sees: H itself, or the hidden layer's activations."""
-        p = self.params
-        return np.maximum(H @ p["U1"].T + p["c1"], 0.0) if self.hidden else H
-
-    def split(self, directions: np.ndarray, centres: np.ndarray, margin: float) -> None:
-        """Mitosis: expert e becomes experts 2e and 2e + 1, whose gate rows are e's plus / minus
-        margin * directions[e] (unit vectors in feature space), biased so that they tie at centres[e]."""
-        U, c = self.params["U"], self.params["c"]
-        shift = margin * directions
-        offset = (shift * centres).sum(axis=1)
-        U2 = np.empty((2 * U.shape[0], U.shape[1]), np.float32)
-        U2[0::2], U2[1::2] = U + shift, U - shift
-        c2 = np.empty(2 * c.shape[0], np.float32)
-        c2[0::2], c2[1::2] = c - offset, c + offset
-        self.params["U"], self.params["c"] = U2, c2
-        self._reset_adam()
-
-    def route(self, H: np.ndarray, m: int) -> np.ndarray:
-        """(N, d) -> (N, m) int32: the m experts with the largest gate logits, best first."""
-        logits, _ = self.forward(H)
-        if m >= logits.shape[1]:
-            top = np.argsort(-logits, axis=1, kind="stable")
-        else:
-            part = np.argpartition(-logits, m - 1, axis=1)[:, :m]
-            top = np.take_along_axis(part, np.argsort(-np.take_along_axis(logits, part, axis=1), axis=1), axis=1)
-        return top.astype(np.int32)
-
-
-@dataclass
-class TrainConfig:
-    n_experts: int
-    start_experts: int
-    epochs_per_stage: float
-    final_epochs: float
-    batch_size: int
-    gate_lr: float
-    expert_lr: float
-    lasso: float
-    prune_below: float
-    balance: float
-    label_weight: float
-    distill_weight: float
-    split_margin: float
-    complete_k: int
-    capacity_factor: float
-    gate_hidden: int
-
-
 class DSTrainer:
     """Holds the gate and experts and runs the mitosis schedule."""
 
     def __init__(self, W: np.ndarray, b: np.ndarray, H: np.ndarray, labels: np.ndarray | None,
-                 teacher_labels: np.ndarray, teacher_probs: np.ndarray, cfg: TrainConfig, seed: int):
+                 teacher_labels: np.ndarray, teacher_probs: np.ndarray, cfg: "DSBuild"):
+        """W (D, d), b (D,) the layer; H (N, d) training queries with their labels (N,) or None and the
+        exact model's top-k (N, k) labels and probabilities; cfg: the build settings (seed included)."""
         self.W, self.b, self.H = W, b, H
         self.n_classes = W.shape[0]
         self.labels = labels
         self.t_labels, self.t_probs = teacher_labels, teacher_probs
         self.cfg = cfg
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(cfg.seed)
         D = W.shape[0]
         active = np.zeros(D, bool)
         active[teacher_labels.ravel()] = True
@@ -213,6 +114,7 @@ class DSTrainer:
         classes = np.flatnonzero(active).astype(np.int32)
         self.experts = [Expert.of(classes, W, b) for _ in range(cfg.start_experts)]
         self.gate = Gate(W.shape[1], cfg.start_experts, cfg.gate_hidden, self.rng)
+        self.gate_opt = Adam(self.gate.params, cfg.gate_lr)
         self.history: list[dict] = []
 
     # ---- one step -------------------------------------------------------------------------------------
@@ -278,11 +180,21 @@ class DSTrainer:
         e.owed_shrink = 0.0
 
     def step(self, rows: np.ndarray) -> float:
-        cfg = self.cfg
+        """One training step on the training queries `rows`: route them, update each expert on the queries
+        sent to it (forward, loss, proximal step), then the gate. Returns the batch's mean loss."""
         Hb = self.H[rows]
-        B = rows.shape[0]
-        K = self.gate.n_experts
         logits, cache = self.gate.forward(Hb)
+        logits, g, chosen = self._route_batch(logits)
+        G = g[np.arange(rows.shape[0]), chosen]
+        dG, loss = self._update_experts(rows, Hb, chosen, G)
+        loss += self._update_gate(logits, g, chosen, dG, cache)
+        return loss / rows.shape[0]
+
+    def _route_batch(self, logits: np.ndarray):
+        """Gate logits (B, K) -> the logits shifted by each row's max, the gate distribution g (B, K) and each
+        query's expert (B,): its top-1, or with capacity_factor > 0 its best expert with room."""
+        cfg = self.cfg
+        B, K = logits.shape
         logits = logits - logits.max(axis=1, keepdims=True)
         g = np.exp(logits)
         g /= g.sum(axis=1, keepdims=True)
@@ -290,54 +202,77 @@ class DSTrainer:
             chosen = _balanced_assignment(logits, capacity=int(min(B, np.ceil(cfg.capacity_factor * B / K))))
         else:
             chosen = np.argmax(g, axis=1)
-        G = g[np.arange(B), chosen]
+        return logits, g, chosen
+
+    def _update_experts(self, rows, Hb, chosen, G):
+        """Each expert's step on the batch queries routed to it (experts without any owe their lasso
+        shrinkage). Returns d loss / d G (B,) for the gate and the batch's summed loss."""
+        cfg = self.cfg
+        B = rows.shape[0]
         dG = np.zeros(B, np.float32)
         loss = 0.0
-        target_mass = self.cfg.distill_weight + (self.cfg.label_weight if self.labels is not None else 0.0)
         order = np.argsort(chosen, kind="stable")
-        bounds = np.searchsorted(chosen[order], np.arange(K + 1))
+        bounds = np.searchsorted(chosen[order], np.arange(len(self.experts) + 1))
         shrink = cfg.expert_lr * cfg.lasso
-        for e_id in range(K):
-            e = self.experts[e_id]
+        for e_id, e in enumerate(self.experts):
             q = order[bounds[e_id]:bounds[e_id + 1]]
             if q.size == 0 or e.classes.size == 0:
                 e.owed_shrink += shrink
                 continue
             self._catch_up(e)
             Hq = Hb[q]
-            raw = Hq @ e.V.T + e.bias
-            z = G[q, None] * raw
-            top = np.maximum(z.max(axis=1, keepdims=True), 0.0)
-            ez = np.exp(z - top)
-            e_pruned = np.exp(-top)  # each pruned class: a zero row, logit 0
-            Z = ez.sum(axis=1, keepdims=True) + (self.n_classes - e.classes.size) * e_pruned
-            p = ez / Z
-            T = self._targets(e, rows[q])
-            t_pruned = target_mass - T.sum(axis=1, keepdims=True)
-            log_z = np.log(Z)
-            loss -= float((T * (z - top - log_z)).sum() + (t_pruned * (-top - log_z)).sum())
-            dz = target_mass * p - T
+            raw, dz, log_likelihood = self._expert_loss(e, Hq, G[q], rows[q])
+            loss -= log_likelihood
             dG[q] = (dz * raw).sum(axis=1) / B
-            draw = G[q, None] * dz / q.size  # the expert's rows see the mean over its own queries
-            gV = draw.T @ Hq
-            gb = draw.sum(axis=0)
-            g_norm2 = (gV.astype(np.float64) ** 2).sum(axis=1) + gb.astype(np.float64) ** 2
-            e.sq = RMS_DECAY * e.sq + (1 - RMS_DECAY) * g_norm2
-            e.steps += 1
-            step = (cfg.expert_lr / e.metric()).astype(np.float32)
-            e.V -= step[:, None] * gV
-            e.bias -= step * gb
+            self._proximal_step(e, Hq, G[q], dz)
             self._shrink(e, shrink)
-        # gate: through G = g[chosen], plus the importance loss
+        return dG, loss
+
+    def _expert_loss(self, e: Expert, Hq, Gq, rows):
+        """Expert e's forward pass on its queries Hq (n, d) with kept gate values Gq (n,): its raw logits
+        (n, n_e), d loss / d (scaled logits) (n, n_e) and the summed log-likelihood of the targets (pruned
+        classes count as zero rows, logit 0)."""
+        target_mass = self.cfg.distill_weight + (self.cfg.label_weight if self.labels is not None else 0.0)
+        raw = Hq @ e.V.T + e.bias
+        z = Gq[:, None] * raw
+        top = np.maximum(z.max(axis=1, keepdims=True), 0.0)
+        ez = np.exp(z - top)
+        e_pruned = np.exp(-top)  # each pruned class: a zero row, logit 0
+        Z = ez.sum(axis=1, keepdims=True) + (self.n_classes - e.classes.size) * e_pruned
+        p = ez / Z
+        T = self._targets(e, rows)
+        t_pruned = target_mass - T.sum(axis=1, keepdims=True)
+        log_z = np.log(Z)
+        log_likelihood = float((T * (z - top - log_z)).sum() + (t_pruned * (-top - log_z)).sum())
+        return raw, target_mass * p - T, log_likelihood
+
+    def _proximal_step(self, e: Expert, Hq, Gq, dz) -> None:
+        """The gradient half of e's proximal RMSProp step (the lasso shrink follows): rows move by
+        -lr g_r / P_r, the expert's rows seeing the mean over its own queries."""
+        draw = Gq[:, None] * dz / Hq.shape[0]
+        gV = draw.T @ Hq
+        gb = draw.sum(axis=0)
+        g_norm2 = (gV.astype(np.float64) ** 2).sum(axis=1) + gb.astype(np.float64) ** 2
+        e.sq = RMS_DECAY * e.sq + (1 - RMS_DECAY) * g_norm2
+        e.steps += 1
+        step = (self.cfg.expert_lr / e.metric()).astype(np.float32)
+        e.V -= step[:, None] * gV
+        e.bias -= step * gb
+
+    def _update_gate(self, logits, g, chosen, dG, cache) -> float:
+        """The gate's backward pass (through G = g[chosen], plus the importance loss on the shifted logits)
+        and its Adam step. Returns the batch's importance loss times the batch size (0 when off)."""
+        B, K = g.shape
         dg = np.zeros_like(g)
         dg[np.arange(B), chosen] = dG
         dlogits = g * (dg - (g * dg).sum(axis=1, keepdims=True))
-        if cfg.balance > 0 and K > 1:
-            d_balance, balance_loss = _importance_loss(logits, cfg.balance)
+        balance = 0.0
+        if self.cfg.balance > 0 and K > 1:
+            d_balance, balance_loss = _importance_loss(logits, self.cfg.balance)
             dlogits += d_balance
-            loss += balance_loss * B
-        self.gate.adam_step(self.gate.backward(dlogits.astype(np.float32), cache), cfg.gate_lr)
-        return loss / B
+            balance = balance_loss * B
+        self.gate_opt.step(self.gate.params, self.gate.backward(dlogits.astype(np.float32), cache))
+        return balance
 
     # ---- schedule -------------------------------------------------------------------------------------
     def settle_all(self) -> None:
@@ -376,8 +311,11 @@ class DSTrainer:
             self.copies[e.classes] += 1
         self.experts = twins
         self.gate.split(directions, centres, scale)
+        self.gate_opt = Adam(self.gate.params, self.cfg.gate_lr)
 
     def run_epochs(self, epochs: float, verbose: bool, desc: str) -> None:
+        from tqdm.auto import tqdm
+
         started = time.perf_counter()
         N = self.H.shape[0]
         n_steps = max(1, int(round(epochs * N / self.cfg.batch_size)))

@@ -1,0 +1,30 @@
+"""Small numeric helpers shared across the package (no imports beyond NumPy)."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+
+class Adam:
+    """Adam (Kingma & Ba 2015) over named arrays, updated in place: the moments are kept in each parameter's
+    dtype (float32 here), so a step costs no copies. params: the arrays it will update (their shapes and
+    dtypes start the moments at zero)."""
+
+    def __init__(self, params: Mapping[str, np.ndarray], lr: float, b1: float = 0.9, b2: float = 0.999,
+                 eps: float = 1e-8):
+        self.lr, self.b1, self.b2, self.eps, self.t = lr, b1, b2, eps, 0
+        self.m = {name: np.zeros_like(p) for name, p in params.items()}
+        self.v = {name: np.zeros_like(p) for name, p in params.items()}
+
+    def step(self, params: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray]) -> None:
+        """One update of params[name] (in place) by grads[name], for every name in grads."""
+        self.t += 1
+        b1, b2 = self.b1, self.b2
+        for name, g in grads.items():
+            m, v = self.m[name], self.v[name]
+            m *= b1
+            m += (1 - b1) * g
+            v *= b2
+            v += (1 - b2) * g * g
+            params[name] -= self.lr * (m / (1 - b1 ** self.t)) / (np.sqrt(v / (1 - b2 ** self.t)) + self.eps)

@@ -1,0 +1,55 @@
+"""Adaptive's gates: per tail cluster, a linear estimate of the cluster's log-mass (or best log-score) under
+the exact model, fitted by ridge least squares on sample queries."""
+from __future__ import annotations
+
+import numpy as np
+
+QUERY_BLOCK = 512          # training queries per product while fitting
+
+
+def log_scores(outputs, square: bool, epsilon: float, xp=np):
+    """Outputs o -> the log of each class's unnormalised probability: o itself (softmax) or log(o^2 + epsilon)
+    (square: spherical layers; epsilon floored at 1e-30 so a zero output stays finite). xp: o's array module."""
+    if not square:
+        return outputs
+    return xp.log(outputs * outputs + max(epsilon, 1e-30))
+
+
+def log_scores_by_rank(layer, rows_W, rows_b, H, verbose, desc):
+    """Yield (n, D') float32 log-scores of H's blocks against rows in frequency order."""
+    from tqdm.auto import tqdm
+
+    for lo in tqdm(range(0, H.shape[0], QUERY_BLOCK), desc=desc, disable=not verbose, unit="block"):
+        yield log_scores(H[lo:lo + QUERY_BLOCK] @ rows_W.T + rows_b, layer.square, layer.epsilon)
+
+
+def _cluster_targets(logits: np.ndarray, starts: np.ndarray, target: str) -> np.ndarray:
+    """(n, T) tail logits -> (n, J) each cluster's best logit ('max') or log-sum-exp ('mass')."""
+    best = np.maximum.reduceat(logits, starts, axis=1)
+    if target == "max":
+        return best
+    spread = np.repeat(best, np.diff(np.r_[starts, logits.shape[1]]), axis=1)
+    return best + np.log(np.add.reduceat(np.exp(logits - spread), starts, axis=1))
+
+
+def fit_gates(layer, tail_W, tail_b, starts, H, target, ridge, verbose):
+    """Least-squares gates [h, 1] -> cluster target. tail_W (T, d), tail_b (T,) in frequency order,
+    starts (J,) cluster starts within the tail, H (N, d) -> V (J, d) float32, c (J,) float32, and the
+    training RMSE per cluster (J,)."""
+    d = H.shape[1]
+    xtx = np.zeros((d + 1, d + 1))
+    xty = np.zeros((d + 1, starts.size))
+    yty = np.zeros(starts.size)
+    for lo, logits in zip(range(0, H.shape[0], QUERY_BLOCK),
+                          log_scores_by_rank(layer, tail_W, tail_b, H, verbose, "adaptive: gate targets")):
+        X = np.c_[H[lo:lo + QUERY_BLOCK], np.ones(logits.shape[0])].astype(np.float64)
+        Y = _cluster_targets(logits, starts, target).astype(np.float64)
+        xtx += X.T @ X
+        xty += X.T @ Y
+        yty += (Y * Y).sum(axis=0)
+    reg = ridge * np.trace(xtx[:d, :d]) / d * np.eye(d + 1)
+    reg[d, d] = 0.0
+    G = np.linalg.solve(xtx + reg, xty)
+    mse = (yty - 2 * (G * xty).sum(axis=0) + (G * (xtx @ G)).sum(axis=0)) / H.shape[0]
+    return (np.ascontiguousarray(G[:d].T, dtype=np.float32), G[d].astype(np.float32),
+            np.sqrt(np.maximum(mse, 0.0)))
