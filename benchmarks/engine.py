@@ -19,7 +19,7 @@ import wolindex
 from wolindex.contrib.timing import compare_speed, machine_info, numpy_topk, set_threads
 from wolindex.contrib.datasets import debian_lm_100k, debian_lm_100k_path, synthetic
 from wolindex.engine import Buckets, PackedRows, candidate_topk
-from wolindex.methods.faiss_baselines import with_one_column
+from wolindex._numeric import with_one_column
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -9,7 +9,7 @@ import wolindex
 from wolindex.contrib.datasets import synthetic
 from wolindex.engine.dispatch import merge_topk
 from wolindex.methods import adaptive
-from wolindex.methods.frequency_clusters import (check_cutoffs, choose_cutoffs, geometric_cutoffs,
+from wolindex.methods.adaptive.clusters import (check_cutoffs, choose_cutoffs, geometric_cutoffs,
                                                  ideal_opening_cost)
 from wolindex.metrics import p_at_k
 from conftest import assert_topk_matches, random_layer, random_queries

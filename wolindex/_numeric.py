@@ -6,6 +6,22 @@ from typing import Mapping
 import numpy as np
 
 
+def with_bias_column(W: np.ndarray, b: np.ndarray, width: int | None = None, dtype=np.float32) -> np.ndarray:
+    """[W, b] (D, d + 1) in dtype, a fresh array zero-padded on the right to `width` columns when given."""
+    out = np.zeros((W.shape[0], width or W.shape[1] + 1), dtype)
+    out[:, :W.shape[1]] = W
+    out[:, W.shape[1]] = b
+    return out
+
+
+def with_one_column(H: np.ndarray, width: int | None = None, dtype=np.float32) -> np.ndarray:
+    """[H, 1] (N, d + 1) in dtype, a fresh array zero-padded on the right to `width` columns when given."""
+    out = np.zeros((H.shape[0], width or H.shape[1] + 1), dtype)
+    out[:, :H.shape[1]] = H
+    out[:, H.shape[1]] = 1.0
+    return out
+
+
 class Adam:
     """Adam (Kingma & Ba 2015) over named arrays, updated in place: the moments are kept in each parameter's
     dtype (float32 here), so a step costs no copies. params: the arrays it will update (their shapes and

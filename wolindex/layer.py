@@ -6,6 +6,7 @@ from functools import cached_property
 
 import numpy as np
 
+from ._numeric import with_bias_column, with_one_column
 from .arrays import as_float32, to_numpy
 
 
@@ -68,13 +69,13 @@ class OutputLayer:
     @cached_property
     def gram(self) -> np.ndarray:
         """Q = [W, b]^T [W, b], (d + 1, d + 1) float64: |W h + b|^2 = [h, 1]^T Q [h, 1] in O(d^2)."""
-        Wb = np.concatenate([self.W, self.b[:, None]], axis=1).astype(np.float64)
+        Wb = with_bias_column(self.W, self.b, dtype=np.float64)
         return Wb.T @ Wb
 
     def spherical_probs(self, H: np.ndarray, squares: np.ndarray) -> np.ndarray:
         """Exact spherical-softmax probabilities (N, k) float64 of classes with squared outputs squares (N, k)
         (-inf padding -> 0) for queries H (N, d), the normaliser h'^T Q h' + D epsilon in O(d^2) per query."""
-        Hb = np.concatenate([H, np.ones((H.shape[0], 1), H.dtype)], axis=1).astype(np.float64)
+        Hb = with_one_column(H, dtype=np.float64)
         total = ((Hb @ self.gram) * Hb).sum(axis=1) + self.n_classes * self.epsilon
         return np.where(np.isfinite(squares), (squares + self.epsilon) / total[:, None], 0.0)
 

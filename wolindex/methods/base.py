@@ -7,6 +7,7 @@ import numpy as np
 
 from ..engine import Buckets, PackedRows
 from ..layer import OutputLayer
+from .ops import HostOps
 from ..params import BuildParams, SearchParams, check_int
 
 
@@ -64,8 +65,12 @@ class Method:
         return cls(arrays, state)
 
     def search(self, layer: OutputLayer, H: np.ndarray, k: int, params: SearchParams):
-        """H (N, d) float32 -> scores (N, k) float32, labels (N, k) int64, n_scored (N,) int64."""
-        raise NotImplementedError
+        """H (N, d) float32 -> scores (N, k) float32, labels (N, k) int64, n_scored (N,) int64. A method that
+        defines search_with(ops, H, k, params), the one search both engines run, gets it here on the host's
+        operations (the GPU engine calls it with its DeviceOps)."""
+        if not hasattr(self, "search_with"):
+            raise NotImplementedError
+        return self.search_with(HostOps(layer, self, params.engine), H, k, params)
 
     def default_search(self) -> dict[str, Any]:
         """Search settings this index starts with where the Search class's defaults do not fit it (a small

@@ -1,6 +1,5 @@
 """method='exact': every class scored; the reference and the baseline."""
 from .base import Method
-from .ops import HostOps
 from .registry import register
 
 
@@ -20,9 +19,6 @@ class Exact(Method):
         if method.arrays:
             raise ValueError(f"arrays: method 'exact' has none, got {sorted(str(name) for name in method.arrays)}")
         return method
-
-    def search(self, layer, H, k, params):
-        return self.search_with(HostOps(layer, self, params.engine), H, k, params)
 
     def search_with(self, ops, H, k, params):
         """Search on either engine (see methods.ops): every class scored."""

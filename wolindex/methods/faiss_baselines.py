@@ -16,6 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from .._numeric import with_bias_column, with_one_column
 from ..engine import rescore_topk
 from ..params import BuildParams, SearchParams, check_int
 from .base import Method, check_array, check_state_int
@@ -31,22 +32,6 @@ def _faiss():
     except ImportError:
         raise ImportError("the faiss-* methods need faiss-cpu: pip install 'wolindex[faiss]'") from None
     return faiss
-
-
-def with_bias_column(W: np.ndarray, b: np.ndarray, width: int | None = None) -> np.ndarray:
-    """[W, b] (D, d + 1) float32, zero-padded on the right to `width` columns when given."""
-    out = np.zeros((W.shape[0], width or W.shape[1] + 1), np.float32)
-    out[:, :W.shape[1]] = W
-    out[:, W.shape[1]] = b
-    return out
-
-
-def with_one_column(H: np.ndarray, width: int | None = None) -> np.ndarray:
-    """[H, 1] (N, d + 1) float32, zero-padded on the right to `width` columns when given."""
-    out = np.zeros((H.shape[0], width or H.shape[1] + 1), np.float32)
-    out[:, :H.shape[1]] = H
-    out[:, H.shape[1]] = 1.0
-    return out
 
 
 def _train_and_add(index, X: np.ndarray, seed: int, verbose: bool, what: str) -> None:

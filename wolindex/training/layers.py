@@ -7,24 +7,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._numeric import with_bias_column, with_one_column
 from .losses import dense_loss, sparse_terms
-
-
-def with_bias(W: np.ndarray, b: np.ndarray, dtype) -> np.ndarray:
-    """[W, b] (D, d + 1) in dtype, a fresh array."""
-    return np.concatenate([W, b[:, None]], axis=1).astype(dtype)
-
-
-def with_one(H: np.ndarray, dtype) -> np.ndarray:
-    """[H, 1] (B, d + 1) in dtype."""
-    return np.concatenate([H, np.ones((H.shape[0], 1), H.dtype)], axis=1).astype(dtype)
 
 
 class NaiveLayer:
     """W' stored densely; each step computes the D-dim outputs: O(D d) per example."""
 
     def __init__(self, W, b, loss: str, eps: float, dtype=np.float64):
-        self.Wb = with_bias(W, b, dtype)
+        self.Wb = with_bias_column(W, b, dtype=dtype)
         self.loss, self.eps, self.dtype = loss, eps, dtype
 
     def weights(self):
@@ -32,7 +23,7 @@ class NaiveLayer:
 
     def step(self, H, ids, y, lr):
         """One SGD step on the minibatch (all gradients at the current W). Returns loss (B,), dL/dh (B, d)."""
-        Hb = with_one(H, self.dtype)
+        Hb = with_one_column(H, dtype=self.dtype)
         outputs = Hb @ self.Wb.T
         dense_y = np.zeros_like(outputs)
         np.add.at(dense_y, (np.repeat(np.arange(ids.shape[0]), ids.shape[1]), ids.ravel()), y.ravel())
@@ -54,7 +45,7 @@ class FactoredLayer:
 
     def __init__(self, W, b, loss: str, eps: float, dtype=np.float64, refactor_cond: float | None = None,
                  check_every: int = 100):
-        self.V = with_bias(W, b, dtype)
+        self.V = with_bias_column(W, b, dtype=dtype)
         width = self.V.shape[1]
         self.U = np.eye(width, dtype=dtype)
         self.Uinv = np.eye(width, dtype=dtype)
@@ -72,7 +63,7 @@ class FactoredLayer:
 
     def sq_norms(self, H) -> np.ndarray:
         """|W h + b|^2 (B,) for H (B, d) in O(d^2) each: h'^T Q h'."""
-        Hb = with_one(H, self.dtype)
+        Hb = with_one_column(H, dtype=self.dtype)
         return ((Hb @ self.Q) * Hb).sum(axis=1)
 
     def refactor(self) -> None:
@@ -84,7 +75,7 @@ class FactoredLayer:
 
     def step(self, H, ids, y, lr):
         """One SGD step on the minibatch, exactly as NaiveLayer.step. Returns loss (B,), dL/dh (B, d)."""
-        Hb = with_one(H, self.dtype)
+        Hb = with_one_column(H, dtype=self.dtype)
         B = Hb.shape[0]
         UH = Hb @ self.U.T                                   # rows: U h'
         QH = Hb @ self.Q                                     # rows: Q h' (Q symmetric)

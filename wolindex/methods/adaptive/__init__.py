@@ -20,7 +20,7 @@ from ...engine import Buckets
 from ...params import BuildParams, CandidateSearchParams, check_int, check_number
 from ...teacher import teacher_topk
 from ..base import BucketMethod, check_array
-from ..ops import HostOps, in_steps
+from ..ops import in_steps
 from ..registry import register
 from .bounds import BLOCK_BOUNDS, ROUTER_ARRAYS, ClusterRouter, block_bounds, bounding_blocks
 from .clusters import check_cutoffs, choose_cutoffs, frequency_order
@@ -159,9 +159,6 @@ class AdaptiveSoftmax(BucketMethod):
     def threshold_rank(k, params) -> int:
         """Which of the head's k scores a tail block must be able to reach (1 = the best)."""
         return k if params.mode == "certified" or params.beat_rank == 0 else min(k, params.beat_rank)
-
-    def search(self, layer, H, k, params):
-        return self.search_with(HostOps(layer, self, params.engine), H, k, params)
 
     def search_with(self, ops, H, k, params):
         """Search on either engine (see methods.ops), queries in steps of at most SEARCH_BLOCK (and

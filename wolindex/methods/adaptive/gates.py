@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..._numeric import with_one_column
+
 QUERY_BLOCK = 512          # training queries per product while fitting
 
 
@@ -42,7 +44,7 @@ def fit_gates(layer, tail_W, tail_b, starts, H, target, ridge, verbose):
     yty = np.zeros(starts.size)
     for lo, logits in zip(range(0, H.shape[0], QUERY_BLOCK),
                           log_scores_by_rank(layer, tail_W, tail_b, H, verbose, "adaptive: gate targets")):
-        X = np.c_[H[lo:lo + QUERY_BLOCK], np.ones(logits.shape[0])].astype(np.float64)
+        X = with_one_column(H[lo:lo + QUERY_BLOCK], dtype=np.float64)
         Y = _cluster_targets(logits, starts, target).astype(np.float64)
         xtx += X.T @ X
         xty += X.T @ Y

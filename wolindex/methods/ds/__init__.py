@@ -162,9 +162,6 @@ class DSSoftmax(BucketMethod):
         engine (see Gate.route)."""
         return self.gate.route(H, n_probe, HostOps(engine=engine))
 
-    def search(self, layer, H, k, params):
-        return self.search_with(HostOps(layer, self, params.engine), H, k, params)
-
     def search_with(self, ops, H, k, params):
         """Search on either engine (see methods.ops): the gate's top-n_probe experts, scored exactly."""
         self.check_search(params)

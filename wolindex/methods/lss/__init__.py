@@ -125,9 +125,6 @@ class LSS(BucketMethod):
         if params.n_probe > self.state["n_buckets"]:
             raise ValueError(f"n_probe: at most {self.state['n_buckets']} (buckets per table), got {params.n_probe}")
 
-    def search(self, layer, H, k, params):
-        return self.search_with(HostOps(layer, self, params.engine), H, k, params)
-
     def search_with(self, ops, H, k, params):
         """Search on either engine (see methods.ops): the probed buckets of every table, scored exactly."""
         self.check_search(params)
