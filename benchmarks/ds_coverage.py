@@ -1,5 +1,5 @@
 """How many classes a DS index makes each query score, and whether a query could tell when its first expert
-missed: the analysis behind the DS section of the README.
+missed: the analysis behind the DS section of BENCHMARKS.md.
 
     WOLINDEX_DATA=../shared/data python benchmarks/ds_coverage.py --index ds-more.wol
 

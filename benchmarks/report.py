@@ -1,20 +1,57 @@
-"""Markdown tables from benchmark result files, optionally spliced into the README between the markers
-<!-- results:NAME --> and <!-- /results:NAME --> (NAME = the result file's stem without its date).
+"""Markdown tables from the benchmark result files in benchmarks/results/, spliced into BENCHMARKS.md and
+README.md between the markers <!-- results:NAME --> and <!-- /results:NAME -->.
 
-    python benchmarks/report.py benchmarks/results/quick-debian-lm-100k-*.json --readme README.md
+    python benchmarks/report.py --write     # regenerate every block of BENCHMARKS.md and README.md
+    python benchmarks/report.py --check     # exit 1 if a block differs from what the result files give
+
+Each block is built from the newest result file of its kind (file names end in their date), so after a new
+run, `--write` updates the tables and commits them with the result file; tests/test_benchmarks.py fails
+while a block is stale. The prose between the blocks is written by hand.
+
+One run's tables can also be printed, or spliced into any file holding the markers for
+NAME = the result's config and dataset (e.g. full-debian-lm-100k):
+
+    python benchmarks/report.py benchmarks/results/quick-debian-lm-100k-*.json [--readme FILE]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
 
 from pareto import best_speedup
 
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
 THRESHOLDS = (0.9, 0.95, 0.98, 0.99)
 RECALL_GAPS = (0.02, 0.01, 0.005)
 
+# the summary table (README and BENCHMARKS.md): these configs' newest runs on this dataset, these targets
+SUMMARY_DATASET = "debian-lm-100k"
+SUMMARY_CONFIGS = ("full", "adaptive", "lss", "ds", "ds-more")
+SUMMARY_P1 = (0.9, 0.95, 0.99)
+SUMMARY_RECALL_GAP = 0.005
+# the sweeps of benchmarks/run.py shown in full in BENCHMARKS.md, by block name (= config-dataset)
+RUN_BLOCKS = ("full-debian-lm-100k", "adaptive-debian-lm-100k", "lss-debian-lm-100k", "ds-debian-lm-100k",
+              "ds-more-debian-lm-100k", "full-debian-cbow")
+
+
+def source_link(path: Path) -> str:
+    rel = path.resolve().relative_to(ROOT).as_posix() if path.resolve().is_relative_to(ROOT) else path.as_posix()
+    return f"[`{path.name}`]({rel})"
+
+
+def newest(prefix: str, results: Path = RESULTS) -> Path:
+    """The newest result file named `<prefix>-<date>.json` (dates sort as text)."""
+    paths = sorted(p for p in results.glob(f"{prefix}-*.json") if re.fullmatch(rf"{re.escape(prefix)}-[\d-]+", p.stem))
+    if not paths:
+        raise SystemExit(f"no result file {results}/{prefix}-<date>.json")
+    return paths[-1]
+
+
+# --- one run of benchmarks/run.py ---------------------------------------------------------------------
 
 def table(result: dict, source: str) -> str:
     m, t = result["machine"], result["timing"]
@@ -23,7 +60,7 @@ def table(result: dict, source: str) -> str:
         f"{result['dataset']} (D={result['n_classes']:,}, d={result['dim']}), {result['n_test']:,} test queries, "
         f"k={k}, {result['threads']} threads, {m['cpu']}, {result['dtype']}; queries/s = median per call over "
         f"{t['batch1_calls']} single queries / {t['batch256_calls']} batches of 256 after warm-up, interleaved with "
-        f"exact; from `{source}`.", "",
+        f"exact; from {source}.", "",
         f"| method | settings | P@1 | P@{k} | R_true@1 | R_true@10 | classes scored | batch 1 q/s | x exact | "
         f"batch 256 q/s | x exact | build s | bytes / W |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -35,6 +72,7 @@ def table(result: dict, source: str) -> str:
                      f"{r['index_over_W']:.2f} |")
     lines += ["", "Best speedup over exact at a P@1 floor (batch 1 / batch 256; - where the sweep never reaches it):",
               ""] + floor_table(result["rows"], "P@1", THRESHOLDS)
+    lines += build_lines(result["rows"])
     reference = result.get("reference", {}).get("R_true@1")
     if reference:
         lines += ["", f"Best speedup over exact at an R_true@1 floor (the full softmax's {reference} minus "
@@ -43,22 +81,199 @@ def table(result: dict, source: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def floor_table(rows: list, metric: str, floors) -> list[str]:
-    """Markdown lines: per method label, the best batch-1 / batch-256 speedup among its rows whose metric
-    reaches each floor."""
-    lines = ["| method | " + " | ".join(f"{metric} >= {f}" for f in floors) + " |", "|---|" + "---:|" * len(floors)]
-    for label in dict.fromkeys(r["label"] for r in rows):
-        mine = [r for r in rows if r["label"] == label]
-        cells = []
-        for f in floors:
-            best = [best_speedup(mine, metric, f, f"speedup_b{b}") for b in (1, 256)]
-            cells.append(" / ".join(f"x{r[f'speedup_b{b}']:.2f}" if r else "-" for r, b in zip(best, (1, 256))))
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+def build_lines(rows: list) -> list[str]:
+    """Where a builder recorded its time split (DS: teacher top-k and training stages), one line per label."""
+    lines = []
+    for r in {r["label"]: r for r in rows}.values():
+        state = r.get("build_state") or {}
+        if "teacher_s" in state and state.get("training"):
+            stages = sum(stage["seconds"] for stage in state["training"])
+            lines += ["", f"Build of {r['label']} on {state['train_queries']:,} training states: "
+                          f"{state['total_s']:,.0f} s, of which the teacher's top-k {state['teacher_s']:.0f} s and "
+                          f"the {len(state['training'])} training stages {stages:.0f} s."]
     return lines
 
 
+def floor_table(rows: list, metric: str, floors, key: str = "label") -> list[str]:
+    """Markdown lines: per method label (or `key`), the best batch-1 / batch-256 speedup among its rows
+    whose metric reaches each floor."""
+    lines = [f"| {'method' if key == 'label' else key} | " + " | ".join(f"{metric} >= {f}" for f in floors) + " |",
+             "|---|" + "---:|" * len(floors)]
+    for label in dict.fromkeys(r[key] for r in rows):
+        mine = [r for r in rows if r[key] == label]
+        lines.append(f"| {label} | " + " | ".join(floor_cell(mine, metric, f) for f in floors) + " |")
+    return lines
+
+
+def floor_cell(rows: list, metric: str, floor: float) -> str:
+    best = [best_speedup(rows, metric, floor, f"speedup_b{b}") for b in (1, 256)]
+    return " / ".join(f"x{r[f'speedup_b{b}']:.2f}" if r else "-" for r, b in zip(best, (1, 256)))
+
+
+def run_block(path: Path) -> str:
+    """A run's plot (when plot.py drew one beside it) and its tables."""
+    result = json.loads(path.read_text())
+    text = table(result, source_link(path))
+    png = path.with_suffix(".png")
+    if png.exists():
+        alt = f"Pareto fronts of the {result['config']} config on {result['dataset']}"
+        text = f"![{alt}]({png.relative_to(ROOT).as_posix()})\n\n" + text
+    return text
+
+
+# --- the summary: best speedup per method at the accuracy targets ------------------------------------------
+
+def summary_block(results: Path = RESULTS) -> str:
+    paths = [newest(f"{c}-{SUMMARY_DATASET}", results) for c in SUMMARY_CONFIGS]
+    runs = [(p, json.loads(p.read_text())) for p in paths]
+    rows, sources = [], {}
+    for path, result in runs:
+        for r in result["rows"]:
+            if r["method"] != "exact":
+                rows.append(r)
+                sources.setdefault(r["method"], []).append(path)
+    sources = {m: list(dict.fromkeys(ps)) for m, ps in sources.items()}
+
+    def common(key, fmt="{}") -> str:
+        """The runs' value of `key` (a path of keys), or their distinct values joined by ' / '."""
+        def get(result):
+            for part in key.split("."):
+                result = result[part]
+            return fmt.format(result)
+        return " / ".join(dict.fromkeys(get(result) for _, result in runs))
+
+    reference = common("reference.R_true@1")
+    recall_floor = round(float(reference) - SUMMARY_RECALL_GAP, 4)
+    floors = [("P@1", f) for f in SUMMARY_P1] + [("R_true@1", recall_floor)]
+    lines = [
+        f"Best speedup over exact search (timed in the same run) per method, batch 1 / batch 256, at each "
+        f"accuracy target; - where no setting tried reaches it. {SUMMARY_DATASET} (D={common('n_classes', '{:,}')}, "
+        f"d={common('dim')}), {common('n_test', '{:,}')} test queries, k={common('k')}, {common('threads')} threads, "
+        f"{common('machine.cpu')}, {common('dtype')}; R_true@1 target: the full softmax's {reference} minus "
+        f"{SUMMARY_RECALL_GAP}. Each method's best over every configuration in its result files.", "",
+        "| method | " + " | ".join(f"{m} >= {f}" for m, f in floors) + " | result files |",
+        "|---|" + "---:|" * len(floors) + "---|"]
+    for method, paths in sources.items():
+        mine = [r for r in rows if r["method"] == method]
+        cells = [floor_cell(mine, m, f) for m, f in floors]
+        lines.append(f"| {method} | " + " | ".join(cells) + " | " + ", ".join(source_link(p) for p in paths) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# --- the other benchmark scripts' result files ---------------------------------------------------------
+
+def training_block(path: Path) -> str:
+    """benchmarks/training.py: factored against naive SGD steps."""
+    result = json.loads(path.read_text())
+    lines = [f"{result['loss']} loss, batch {result['batch']}, {result['dtype']}, {result['threads']} threads, "
+             f"{result['machine']['cpu']}; seconds per example = wall time of a run of steps / steps, after "
+             f"warm-up; from {source_link(path)}.", "",
+             "| D | d | naive ms / example | factored ms / example | speedup | predicted D/(4d) | required D/(8d) |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['D']:,} | {r['d']} | {r['naive_s_per_example'] * 1e3:.2f} | "
+                     f"{r['factored_s_per_example'] * 1e3:.3f} | {r['speedup']:.1f} | {r['predicted_speedup']:.1f} | "
+                     f"{r['required_speedup']:.1f} |")
+    png = path.with_suffix(".png")
+    if png.exists():
+        lines += ["", f"![Factored against naive training]({png.relative_to(ROOT).as_posix()})"]
+    return "\n".join(lines) + "\n"
+
+
+def train_spherical_block(path: Path) -> str:
+    """benchmarks/train_spherical.py: a real spherical-softmax training run, factored against naive."""
+    r = json.loads(path.read_text())
+    naive, fact, ref = r["naive"], r["factored"], r["softmax_reference"]
+    lines = [f"D={r['D']:,}, d={r['d']}, {r['n_train']:,} training states (divided by their mean norm, "
+             f"{r['input_scale']:.1f}), batch {r['batch']}, lr {r['lr']}, "
+             f"epsilon {r['epsilon']}, {r['dtype']} state, {r['threads']} threads, {r['machine']['cpu']}; "
+             f"from {source_link(path)}.", "",
+             "| | epoch time | R_true@1 | R_true@5 | R_true@10 |", "|---|---:|---:|---:|---:|",
+             f"| factored ({r['epochs']} epochs measured) | {fact['epoch_seconds']:.0f} s | {r['R_true']['@1']:.4f} | "
+             f"{r['R_true']['@5']:.4f} | {r['R_true']['@10']:.4f} |",
+             f"| naive ({naive['examples']:,} examples measured, {naive['seconds'] / naive['examples']:.2f} s each, "
+             f"extrapolated) | {naive['epoch_seconds_extrapolated'] / 60:.0f} min | | | |",
+             f"| the original softmax layer | | {ref['R_true@1']:.4f} | {ref['R_true@5']:.4f} | "
+             f"{ref['R_true@10']:.4f} |", "",
+             f"Factored over naive per epoch: x{r['speedup_epoch']:.0f} (D/(4d) predicts "
+             f"x{r['D'] / (4 * r['d']):.0f})."]
+    return "\n".join(lines) + "\n"
+
+
+def engine_block(path: Path) -> str:
+    """benchmarks/engine.py: the exact engine against NumPy and FAISS, the candidate engine's paths."""
+    out = json.loads(path.read_text())
+    m = out["machine"]
+    lines = [f"{out['dataset']} (D={out['n_classes']:,}, d={out['dim']}), k={out['k']}, {out['threads']} threads, "
+             f"{m['cpu']}, {out['dtype']}; {out['protocol']}; BLAS: {', '.join(m['blas'])}; "
+             f"from {source_link(path)}.", "",
+             "| method | batch 1 q/s | x exact | batch 256 q/s | x exact |", "|---|---:|---:|---:|---:|"]
+    for r in out["rows"]:
+        lines.append(f"| {r['method']} | {r['batch1_qps']:,.0f} | {r['batch1_vs_exact']:.2f} | "
+                     f"{r['batch256_qps']:,.0f} | {r['batch256_vs_exact']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def ds_coverage_block(path: Path) -> str:
+    """benchmarks/ds_coverage.py: distinct classes per query of a DS index and the speedup they allow."""
+    r = json.loads(path.read_text())
+    s = r["index_state"]
+    lines = [f"A DS index with {s['n_experts']} experts trained on {s['train_queries']:,} states, the first "
+             f"{r['n_queries']:,} validation queries; from {source_link(path)}.", "",
+             "| n_probe | P@1 | distinct classes / query | rows scored / query (grouped path) | speedup ceiling "
+             "D / distinct |", "|---:|---:|---:|---:|---:|"]
+    for row in r["rows"]:
+        lines.append(f"| {row['n_probe']} | {row['P@1']:.4f} | {row['distinct_classes']:,.0f} | "
+                     f"{row['rows_with_repeats']:,.0f} | x{row['speedup_ceiling']:.1f} |")
+    caught = r["misses_caught"]
+    lines += ["", f"The first expert misses the exact top-1 on {r['first_expert_missed']:.1%} of the queries. Share of "
+                  f"those misses among the {r['escalated_share']:.0%} of queries with the lowest value of each "
+                  "confidence signal:", "", "| signal | misses caught |", "|---|---:|"]
+    lines += [f"| {name.replace('_', ' ')} | {share:.1%} |" for name, share in caught.items()]
+    return "\n".join(lines) + "\n"
+
+
+# --- the documents ------------------------------------------------------------------------------------
+
+def blocks(results: Path = RESULTS) -> dict[str, dict[str, str]]:
+    """Document (relative to the repository root) -> block name -> its generated text."""
+    summary = summary_block(results)
+    bench = {"summary": summary}
+    bench.update({name: run_block(newest(name, results)) for name in RUN_BLOCKS})
+    bench["ds-coverage"] = ds_coverage_block(newest("ds-coverage", results))
+    bench["training"] = training_block(newest("training", results))
+    bench["train-spherical"] = train_spherical_block(newest("train-spherical", results))
+    bench["engine"] = engine_block(newest(f"engine-{SUMMARY_DATASET}", results))
+    return {"BENCHMARKS.md": bench, "README.md": {"summary": summary}}
+
+
+MARKER = re.compile(r"<!-- results:([\w.-]+) -->\n(.*?)<!-- /results:\1 -->", re.S)
+
+
+def regenerate(content: str, generated: dict[str, str], where: str = "document") -> str:
+    """`content` with every block replaced by its generated text; every block must have markers, and
+    every marker pair a block."""
+    found = [m.group(1) for m in MARKER.finditer(content)]
+    missing, unknown = set(generated) - set(found), set(found) - set(generated)
+    if missing or unknown or len(found) != len(set(found)):
+        raise SystemExit(f"{where}: markers without a block {sorted(unknown)}, blocks without markers "
+                         f"{sorted(missing)}, or a block twice {found}")
+    return MARKER.sub(lambda m: f"<!-- results:{m.group(1)} -->\n{generated[m.group(1)]}<!-- /results:{m.group(1)} -->",
+                      content)
+
+
+def documents(root: Path = ROOT, results: Path = RESULTS) -> dict[Path, tuple[str, str]]:
+    """Document path -> (its text now, its text with regenerated blocks)."""
+    out = {}
+    for name, generated in blocks(results).items():
+        path = root / name
+        current = path.read_text()
+        out[path] = (current, regenerate(current, generated, str(path)))
+    return out
+
+
 def splice(readme: Path, name: str, text: str) -> None:
-    """Replace what lies between the README's markers for `name` (which must exist) with `text`."""
+    """Replace what lies between the file's markers for `name` (which must exist) with `text`."""
     content = readme.read_text()
     pattern = re.compile(rf"(<!-- results:{re.escape(name)} -->\n).*?(<!-- /results:{re.escape(name)} -->)", re.S)
     if not pattern.search(content):
@@ -68,12 +283,28 @@ def splice(readme: Path, name: str, text: str) -> None:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("results", type=Path, nargs="+")
-    ap.add_argument("--readme", type=Path, default=None)
+    ap.add_argument("results", type=Path, nargs="*", help="result files of benchmarks/run.py to print")
+    ap.add_argument("--readme", type=Path, default=None, help="splice the printed tables into this file")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--write", action="store_true", help="regenerate BENCHMARKS.md and README.md")
+    mode.add_argument("--check", action="store_true", help="exit 1 if BENCHMARKS.md or README.md is stale")
     a = ap.parse_args(argv)
+    if a.write or a.check:
+        stale = {path: new for path, (now, new) in documents().items() if now != new}
+        for path, new in stale.items():
+            if a.write:
+                path.write_text(new)
+            print(f"{'wrote' if a.write else 'stale:'} {path.relative_to(ROOT)}")
+        if a.check and stale:
+            sys.exit("run: python benchmarks/report.py --write")
+        if not stale:
+            print("BENCHMARKS.md and README.md match the result files")
+        return
+    if not a.results:
+        ap.error("give result files, --write or --check")
     for path in a.results:
         result = json.loads(path.read_text())
-        text = table(result, f"benchmarks/results/{path.name}")
+        text = table(result, f"`benchmarks/results/{path.name}`")
         print(text)
         if a.readme:
             splice(a.readme, f"{result['config']}-{result['dataset']}", text)

@@ -129,7 +129,7 @@ def _cluster_classes(idx):
 
 
 def test_gate_target_mass_fits_the_log_mass_and_searches_well(index):
-    """gate_target='mass' (README: the paper's quantity, the log of the cluster's softmax mass) builds,
+    """gate_target='mass' (BENCHMARKS.md: the paper's quantity, the log of the cluster's softmax mass) builds,
     keeps the cutoffs, and its gates differ from the default ('max') ones the way the targets do: a least-
     squares gate with a free intercept has the mean of its target over the training queries, so per cluster
     the mean gate equals the mean log-sum-exp ('mass') or the mean best logit ('max') of its classes. It

@@ -13,6 +13,19 @@ from .metrics import p_at_k, true_recall_at_k
 from .params import check_int, check_number
 
 
+def _metric(index, Q: np.ndarray, k: int, true_labels: bool, labels, recall_k: int):
+    """(name, function of a search's labels (N, k)): R_true@recall_k on `labels` when true_labels, else P@1
+    against exact search of Q."""
+    if true_labels:
+        if labels is None:
+            raise ValueError("labels: target_recall needs the true labels of H_val")
+        y = as_labels(labels, Q.shape[0], index.n_classes)
+        check_k(recall_k, k)
+        return f"R_true@{recall_k}", lambda lab: true_recall_at_k(lab, y, recall_k)
+    _, exact_labels = exact_topk(index.layer.W, index.layer.b, Q, 1)
+    return "P@1", lambda lab: p_at_k(lab, exact_labels, 1)
+
+
 def tune(index, H_val, k: int = 10, *, target_p1: float | None = None, target_recall: float | None = None,
          labels=None, recall_k: int = 1, grid: list[dict[str, Any]] | None = None, batch: int = 256,
          n_batches: int = 4, verbose: bool = True) -> dict[str, Any]:
@@ -36,21 +49,7 @@ def tune(index, H_val, k: int = 10, *, target_p1: float | None = None, target_re
         raise ValueError(f"grid: expected a non-empty list of dicts of search settings, got {grid!r}")
     Q = as_queries(H_val, index.dim, "H_val")
     k = check_k(k, index.n_classes)
-    if target_recall is not None:
-        if labels is None:
-            raise ValueError("labels: target_recall needs the true labels of H_val")
-        y = as_labels(labels, Q.shape[0], index.n_classes)
-        check_k(recall_k, k)
-        metric_name = f"R_true@{recall_k}"
-
-        def accuracy(lab):
-            return true_recall_at_k(lab, y, recall_k)
-    else:
-        _, exact_labels = exact_topk(index.layer.W, index.layer.b, Q, 1)
-        metric_name = "P@1"
-
-        def accuracy(lab):
-            return p_at_k(lab, exact_labels, 1)
+    metric_name, accuracy = _metric(index, Q, k, target_recall is not None, labels, recall_k)
 
     from tqdm.auto import tqdm
 

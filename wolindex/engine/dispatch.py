@@ -10,12 +10,11 @@ import numpy as np
 
 from . import numpy_ref
 from .buckets import Buckets, PackedRows, check_probes
-from .names import ENGINES, PATHS, check_engine
+from .names import ENGINES, PATHS, QUERY_BLOCK, check_engine
 
 __all__ = ["ENGINES", "PATHS", "candidate_topk", "check_engine", "check_rows", "choose_path", "exact_topk",
            "merge_topk", "rescore_topk"]
 
-QUERY_BLOCK = 4096        # queries per kernel call: bounds heap memory for any N
 ITEM_QUERIES = 64         # queries per work item of the grouped path
 GROUPED_MIN_SHARING = 4.0  # auto path: grouped when probes per distinct bucket reach this
 SERIAL_MAX_WORK = 2**19   # exact top-k of at most this many multiply-adds runs on the calling thread

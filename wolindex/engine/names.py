@@ -1,9 +1,10 @@
-"""Names of the CPU engines and candidate paths: plain constants (no Numba), so that the settings classes
-(params.py) can check them without loading the kernels."""
+"""Names of the CPU engines and candidate paths, and the engines' query block: plain constants (no Numba),
+so that the settings classes (params.py) and the methods can use them without loading the kernels."""
 from __future__ import annotations
 
 ENGINES = ("numba", "numpy")
 PATHS = ("auto", "fused", "grouped")
+QUERY_BLOCK = 4096   # queries per engine call (kernel launch, GEMM, search step): bounds memory for any N
 
 
 def check_engine(engine: str) -> None:

@@ -10,12 +10,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..engine import Buckets, PackedRows
-from ..engine.names import PATHS
+from ..engine.names import PATHS, QUERY_BLOCK
 from . import kernels
 from .runtime import NULL, queries_to_storage, rows_to_storage
 
 SCORE_BUDGET = 1 << 26       # float32 scores held at once by exact search and the tile path (256 MiB)
-QUERY_BLOCK = 4096           # queries per GEMM of exact search
 SELECT_SLICE = 4096          # entries per block of the selection kernel
 FUSED_SLICE = 128            # candidate rows per block of the fused kernel, at most (16 per warp)
 FUSED_MAX_BATCH = 128        # path 'auto': fused up to this many queries, tiles above

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...engine import Buckets
+from ...engine.names import QUERY_BLOCK
 from ...params import BuildParams, CandidateSearchParams, check_int, check_number
 from ...teacher import teacher_topk
 from ..base import BucketMethod, check_array
@@ -28,7 +29,7 @@ from .gates import fit_gates, log_scores_by_rank
 
 GATE_TARGETS = ("mass", "max")
 MODES = ("approximate", "certified")
-SEARCH_BLOCK = 4096        # queries per search step (the engine's own block), so memory is bounded for any N
+SEARCH_BLOCK = QUERY_BLOCK  # queries per search step, so memory is bounded for any N
 ROUTING_CELLS = 2**20      # at most this many (query, tail block) pairs per step: 8 MiB per float64 matrix
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
