@@ -32,7 +32,7 @@ BATCHES = (1, 256)
 
 
 def sweep_points(sweep: dict | list | None) -> list[dict]:
-    """{'nprobe': [1, 4], 'k_factor': [1]} -> [{'nprobe': 1, 'k_factor': 1}, {'nprobe': 4, 'k_factor': 1}];
+    """{'n_probe': [1, 4], 'k_factor': [1]} -> [{'n_probe': 1, 'k_factor': 1}, {'n_probe': 4, 'k_factor': 1}];
     a list of such dicts gives the points of each, in order."""
     if not sweep:
         return [{}]

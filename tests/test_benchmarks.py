@@ -29,7 +29,7 @@ methods:
   - method: exact
   - method: faiss-ivf
     build: {nlist: 30}
-    sweep: {nprobe: [1, 30]}
+    sweep: {n_probe: [1, 30]}
 """
 
 
@@ -57,7 +57,7 @@ def test_run_plot_report(tmp_path, monkeypatch, capsys):
     readme.write_text("a\n<!-- results:tiny-synthetic -->\nold\n<!-- /results:tiny-synthetic -->\nb\n")
     report.main([str(path), "--readme", str(readme)])
     text = readme.read_text()
-    assert "old" not in text and "| faiss-ivf | nprobe=30 |" in text and text.endswith("b\n")
+    assert "old" not in text and "| faiss-ivf | n_probe=30 |" in text and text.endswith("b\n")
 
 
 def _only_synthetic(load):

@@ -12,8 +12,8 @@ from conftest import random_layer, random_queries
 
 # Floor (>=) with what was observed on its seeded data (deterministic), leaving at most 1.5x the observed
 # miss rate. The tuned faiss-ivf setting is the fastest meeting P@1 >= 0.9 on the tuning queries, so it depends
-# on timing: the floor holds for the worst of them (nprobe=8: 0.873 held out; 16: 0.897; 32: 0.917; ...).
-FLOORS = {"demo_faiss_ivf_p1": (0.81, "observed 0.873 at worst (nprobe=8), synthetic seed 0, D=3,000")}
+# on timing: the floor holds for the worst of them (n_probe=8: 0.873 held out; 16: 0.897; 32: 0.917; ...).
+FLOORS = {"demo_faiss_ivf_p1": (0.81, "observed 0.873 at worst (n_probe=8), synthetic seed 0, D=3,000")}
 
 
 def test_build_search_info(tmp_path, capsys):
@@ -52,7 +52,7 @@ def test_demo_on_synthetic_data(monkeypatch, tmp_path):
     assert any("SYNTHETIC" in line for line in lines)
     rows = result["rows"]
     assert rows["exact"]["P@1"] == 1.0 and rows["exact"]["P@10"] == 1.0 and rows["faiss-flat"]["P@10"] == 1.0
-    assert rows["faiss-ivf"]["P@1"] >= FLOORS["demo_faiss_ivf_p1"][0] and "nprobe" in rows["faiss-ivf"]["settings"]
+    assert rows["faiss-ivf"]["P@1"] >= FLOORS["demo_faiss_ivf_p1"][0] and "n_probe" in rows["faiss-ivf"]["settings"]
     assert set(rows) == {"numpy matmul + argpartition", "exact", "faiss-flat", "faiss-ivf"}
     assert all(r["qps_b1"] > 0 and r["qps_b64"] > 0 for r in rows.values())
 
@@ -101,8 +101,8 @@ def test_build_with_train_labels_and_settings_then_search_with_settings(tmp_path
         np.testing.assert_array_equal(r["n_scored"], probe2[2])
     assert probe2[2].sum() > probe1[2].sum()                  # n_probe=2 opens more: the setting mattered
     with pytest.raises(SystemExit) as exit_info:               # a setting the method lacks is refused
-        cli.main(["search", str(tmp_path / "lss.wol"), str(tmp_path / "H.npy"), "--set", "nprobe=2"])
-    assert exit_info.value.code == 2 and "nprobe" in capsys.readouterr().err
+        cli.main(["search", str(tmp_path / "lss.wol"), str(tmp_path / "H.npy"), "--set", "ef_search=2"])
+    assert exit_info.value.code == 2 and "ef_search" in capsys.readouterr().err
 
 
 def test_demo_command_prints_its_table(monkeypatch, tmp_path, capsys):

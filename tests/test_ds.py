@@ -89,8 +89,8 @@ def test_recall_does_not_fall_with_more_experts(index):
 
 def test_adapted_scoring_matches_the_reference(index):
     """scoring='adapted' ranks the routed experts' classes by the experts' own trained rows."""
-    scores, labels = index.search(H_TEST, 5, scoring="adapted")
-    ref_scores, ref_labels = index.search(H_TEST, 6, scoring="adapted", engine="numpy")   # + the 6th, for ties
+    scores, labels = index.search(H_TEST, 5, rows="adapted")
+    ref_scores, ref_labels = index.search(H_TEST, 6, rows="adapted", engine="numpy")   # + the 6th, for ties
     np.testing.assert_allclose(scores, ref_scores[:, :5], rtol=1e-5, atol=1e-4)
     assert np.all(labels >= 0) and np.all(np.diff(scores, axis=1) <= 0)
     # labels may differ only where the reference scores tie to float32 rounding with a neighbour (observed:
@@ -106,7 +106,7 @@ def test_adapted_scoring_matches_the_reference(index):
 def test_save_load_identical(index, tmp_path):
     index.save(tmp_path / "ds.wol")
     loaded = wolindex.load(tmp_path / "ds.wol")
-    for settings in ({}, {"n_probe": 3}, {"scoring": "adapted"}):
+    for settings in ({}, {"n_probe": 3}, {"rows": "adapted"}):
         for a, c in zip(index.search(H_TEST, 7, return_n_scored=True, **settings),
                         loaded.search(H_TEST, 7, return_n_scored=True, **settings)):
             np.testing.assert_array_equal(a, c)
@@ -127,12 +127,14 @@ def test_tuned_default_meets_target_on_held_out_queries(index):
 def test_bad_settings(index):
     with pytest.raises(ValueError, match="n_probe: at most 16"):
         index.search(H_TEST, 3, n_probe=17)
-    with pytest.raises(ValueError, match="scoring"):
-        index.search(H_TEST, 3, scoring="gate")
+    with pytest.raises(ValueError, match="rows"):
+        index.search(H_TEST, 3, rows="gate")
+    with pytest.raises(TypeError, match="rows: given twice, also as its alias 'scoring'"):
+        index.search(H_TEST, 3, rows="exact", scoring="exact")
     with pytest.raises(ValueError, match="power of two"):
         wolindex.build(W, B, method="ds", train=H_TRAIN, n_experts=12, start_experts=8)
     with pytest.raises(ValueError, match="train: method 'ds'"):
         wolindex.build(W, B, method="ds")
     lean = wolindex.build(W, B, method="ds", train=H_TRAIN, **{**SMALL, "keep_adapted": False})
     with pytest.raises(ValueError, match="keep_adapted=True"):
-        lean.search(H_TEST, 3, scoring="adapted")
+        lean.search(H_TEST, 3, rows="adapted")

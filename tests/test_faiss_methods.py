@@ -21,9 +21,9 @@ EXACT_S, EXACT_L = EXACT.search(H_TEST, 10)
 LOGITS = H_TEST.astype(np.float64) @ DS.W.T.astype(np.float64) + DS.b
 
 # P@10 floors: the value observed on this seeded data in brackets, the floor set a little below it
-FLOORS = {"faiss-ivf": ({"nprobe": 16}, 0.90),                # [0.933]
+FLOORS = {"faiss-ivf": ({"n_probe": 16}, 0.90),                # [0.933]
           "faiss-hnsw": ({"ef_search": 256}, 0.97),           # [0.994]
-          "faiss-ivfpq": ({"nprobe": 32, "k_factor": 20}, 0.97)}  # [0.991]
+          "faiss-ivfpq": ({"n_probe": 32, "k_factor": 20}, 0.97)}  # [0.991]
 
 
 @pytest.fixture(scope="module", params=["faiss-flat", "faiss-ivf", "faiss-hnsw", "faiss-ivfpq"])
@@ -49,7 +49,7 @@ def test_recall_floor(built):
 
 def test_probing_everything_is_exact(built):
     name, index = built
-    settings = {"faiss-ivf": {"nprobe": 50}, "faiss-ivfpq": {"nprobe": 50, "k_factor": 300},
+    settings = {"faiss-ivf": {"n_probe": 50}, "faiss-ivfpq": {"n_probe": 50, "k_factor": 300},
                 "faiss-hnsw": {"ef_search": 3000, "k_factor": 300}}.get(name, {})
     scores, labels = index.search(H_TEST, 10, **settings)
     assert_topk_matches(scores, labels, LOGITS, 10)
@@ -57,10 +57,10 @@ def test_probing_everything_is_exact(built):
 
 def test_recall_does_not_fall_as_probes_grow(built):
     name, index = built
-    key = {"faiss-ivf": "nprobe", "faiss-ivfpq": "nprobe", "faiss-hnsw": "ef_search"}.get(name)
+    key = {"faiss-ivf": "n_probe", "faiss-ivfpq": "n_probe", "faiss-hnsw": "ef_search"}.get(name)
     if key is None:
         pytest.skip("no probe budget")
-    values = [1, 2, 4, 8, 16, 32, 50] if key == "nprobe" else [10, 20, 40, 80, 160, 320]
+    values = [1, 2, 4, 8, 16, 32, 50] if key == "n_probe" else [10, 20, 40, 80, 160, 320]
     recalls = [p_at_k(index.search(H_TEST, 10, **{key: v})[1], EXACT_L, 10) for v in values]
     assert all(b >= a - 0.005 for a, b in zip(recalls, recalls[1:])), recalls
 
@@ -85,14 +85,14 @@ def test_tuned_default_meets_target_on_held_out_queries(built):
 
 def test_bad_settings():
     index = wolindex.build(DS.W, DS.b, method="faiss-ivf", nlist=20, verbose=False)
-    with pytest.raises(ValueError, match="nprobe"):
-        index.search(H_TEST, 3, nprobe=0)
+    with pytest.raises(ValueError, match="n_probe"):
+        index.search(H_TEST, 3, n_probe=0)
     with pytest.raises(TypeError, match="k_factor"):
         index.search(H_TEST, 3, k_factor=1.5)
     with pytest.raises(TypeError, match="unknown setting"):
         index.search(H_TEST, 3, ef_search=10)
     with pytest.raises(ValueError, match="no setting reaches"):
-        index.tune(H_TUNE, target_p1=1.0, grid=[{"nprobe": 1}])
+        index.tune(H_TUNE, target_p1=1.0, grid=[{"n_probe": 1}])
     with pytest.raises(ValueError, match="exactly one"):
         index.tune(H_TUNE)
 
@@ -205,11 +205,11 @@ def test_restore_refuses_a_quantiser_with_more_centroids_than_lists(small):
 
 
 @pytest.mark.parametrize("name,settings,error,match", [
-    ("faiss-ivfpq", {"nprobe": 10 ** 9}, ValueError, r"nprobe: at most 16 \(the index's nlist\)"),
-    ("faiss-ivfpq", {"nprobe": 17}, ValueError, "nprobe: at most 16"),
-    ("faiss-ivf", {"nprobe": 17}, ValueError, "nprobe: at most 16"),
-    ("faiss-ivf", {"nprobe": 2 ** 64}, ValueError, "nprobe"),
-    ("faiss-ivf", {"nprobe": 2.0}, TypeError, "nprobe"),
+    ("faiss-ivfpq", {"n_probe": 10 ** 9}, ValueError, r"n_probe: at most 16 \(the index's nlist\)"),
+    ("faiss-ivfpq", {"n_probe": 17}, ValueError, "n_probe: at most 16"),
+    ("faiss-ivf", {"n_probe": 17}, ValueError, "n_probe: at most 16"),
+    ("faiss-ivf", {"n_probe": 2 ** 64}, ValueError, "n_probe"),
+    ("faiss-ivf", {"n_probe": 2.0}, TypeError, "n_probe"),
     ("faiss-hnsw", {"ef_search": 2 ** 31}, ValueError, "ef_search"),
     ("faiss-hnsw", {"ef_search": 2001}, ValueError, "ef_search: at most 2000"),
     ("faiss-hnsw", {"ef_search": 0}, ValueError, "ef_search"),
@@ -242,13 +242,13 @@ def test_bad_build_settings_never_reach_faiss(name, settings, error, match):
 
 def test_numpy_integers_are_accepted_as_settings(tmp_path):
     ivf = wolindex.build(SMALL_W, SMALL_B, method="faiss-ivf", verbose=False, nlist=np.int64(16), seed=np.int32(1))
-    ivf.search(SMALL_H, 3, nprobe=np.int64(4), k_factor=np.uint8(2))
+    ivf.search(SMALL_H, 3, n_probe=np.int64(4), k_factor=np.uint8(2))
     hnsw = wolindex.build(SMALL_W, SMALL_B, method="faiss-hnsw", verbose=False, m=np.int64(8),
                           ef_construction=np.int16(32))
     hnsw.search(SMALL_H, 3, ef_search=np.int64(32))
     pq = wolindex.build(SMALL_W, SMALL_B, method="faiss-ivfpq", verbose=False, nlist=np.int64(16), m=np.int64(6))
     pq.save(tmp_path / "pq")
-    wolindex.load(tmp_path / "pq").search(SMALL_H, 3, nprobe=np.int64(16))
+    wolindex.load(tmp_path / "pq").search(SMALL_H, 3, n_probe=np.int64(16))
 
 
 @pytest.mark.parametrize("name,n_classes,settings", [
@@ -261,9 +261,9 @@ def test_tuning_grid_stays_within_the_index_bounds(name, n_classes, settings):
     grid = index.method.tuning_grid(10)
     assert len(grid) == len({tuple(sorted(g.items())) for g in grid})
     nlist = index.method.state.get("nlist")
-    assert all(g.get("nprobe", 1) <= (nlist or 1) and g.get("ef_search", 1) <= n_classes
+    assert all(g.get("n_probe", 1) <= (nlist or 1) and g.get("ef_search", 1) <= n_classes
                and g.get("k_factor", 1) <= n_classes for g in grid), grid
-    assert nlist is None or max(g["nprobe"] for g in grid) == nlist
+    assert nlist is None or max(g["n_probe"] for g in grid) == nlist
     for g in grid:
         index.search(random_queries(3, 16), min(10, n_classes), **g)
 
@@ -279,10 +279,22 @@ def test_small_layers_get_a_default_nlist_they_can_hold_and_a_clear_error_for_pq
 @pytest.mark.parametrize("method, settings", [("faiss-ivf", {"nlist": 4}), ("faiss-hnsw", {}),
                                                ("faiss-ivfpq", {"nlist": 4})])
 def test_default_search_fits_a_small_index(method, settings):
-    """The Search class's defaults (nprobe 8, ef_search 64) exceed a small index's bounds: the index starts
+    """The Search class's defaults (n_probe 8, ef_search 64) exceed a small index's bounds: the index starts
     with defaults it can hold, and they probe everything there."""
     W, b = random_layer(40, 6, seed=3)
     H = random_queries(5, 6, seed=4)
     index = wolindex.build(W, b, method=method, **settings)
     _, labels = index.search(H, 3, k_factor=10)
     np.testing.assert_array_equal(labels, wolindex.build(W, b).search(H, 3)[1])
+
+
+def test_faiss_name_nprobe_is_an_alias_of_n_probe():
+    index = wolindex.build(*random_layer(300, 8, seed=2), method="faiss-ivf", nlist=16)
+    H = random_queries(6, 8, seed=3)
+    for a, c in zip(index.search(H, 4, nprobe=5), index.search(H, 4, n_probe=5)):
+        np.testing.assert_array_equal(a, c)
+    assert index.search_params(nprobe=5).to_dict()["n_probe"] == 5
+    with pytest.raises(TypeError, match="n_probe: given twice, also as its alias 'nprobe'"):
+        index.search(H, 4, nprobe=5, n_probe=5)
+    with pytest.raises(ValueError, match="n_probe: at most 16"):
+        index.search(H, 4, nprobe=17)

@@ -317,8 +317,8 @@ def test_gpu_index_refuses_what_it_cannot_do(rt):
         to_device(flat, runtime=rt)
     with pytest.raises(ValueError, match="device: expected"):
         index.to("gpu")
-    with pytest.raises(ValueError, match="backend"):
-        wolindex.build(DATA.W, DATA.b, backend="tpu", verbose=False)
+    with pytest.raises(ValueError, match="device"):
+        wolindex.build(DATA.W, DATA.b, device="tpu", verbose=False)
     with pytest.raises(ValueError, match="float16's range"):
         rows_to_storage(np.full((2, 2), 1e6, np.float32), "float16")
 
@@ -373,8 +373,8 @@ def test_adaptive_searches_in_steps_on_the_gpu(rt, small_blocks, monkeypatch):
 def test_ds_adapted_scoring_stays_on_the_cpu(rt):
     index = wolindex.build(DATA.W, DATA.b, method="ds", train=DATA.H_train, labels=DATA.y_train, n_experts=4,
                            start_experts=2, epochs_per_stage=0.1, final_epochs=0.1, keep_adapted=True, verbose=False)
-    with pytest.raises(ValueError, match="scoring: the GPU engine scores candidates with the layer's rows"):
-        to_device(index, runtime=rt).search(DATA.H_test, 5, scoring="adapted")
+    with pytest.raises(ValueError, match="rows: the GPU engine scores candidates with the layer's rows"):
+        to_device(index, runtime=rt).search(DATA.H_test, 5, rows="adapted")
 
 
 def test_gpu_benchmark_runs_end_to_end(tmp_path):

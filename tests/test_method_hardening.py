@@ -22,7 +22,7 @@ BUILDS = {
     "lss": ("lss", dict(n_tables=2, n_buckets=32, rounds=1)),
     "adaptive": ("adaptive", dict(cutoffs=[200, 600], bound_block=64)),
 }
-SEARCHES = {"ds": [{}, {"n_probe": 2}, {"scoring": "adapted"}], "lss": [{}, {"n_probe": 2}],
+SEARCHES = {"ds": [{}, {"n_probe": 2}, {"rows": "adapted"}], "lss": [{}, {"n_probe": 2}],
             "adaptive": [{}, {"mode": "certified"}, {"margin": -1.0, "beat_rank": 1}]}
 
 
@@ -45,7 +45,7 @@ def search_ok(index, method, settings):
     try:
         _, labels, _ = method.search(index.layer, H_TEST, 5, method.Search.from_dict(settings))
     except ValueError as err:
-        assert str(err).startswith(("n_probe", "scoring")), err
+        assert str(err).startswith(("n_probe", "rows")), err
         return
     assert labels.shape == (H_TEST.shape[0], 5) and labels.min() >= -1 and labels.max() < D
 
@@ -137,7 +137,7 @@ def test_restored_methods_search_as_built(built):
         index = built[key]
         method = restore(index)
         for settings in SEARCHES[index.method_name]:
-            if settings.get("scoring") == "adapted" and index.method.adapted is None:
+            if settings.get("rows") == "adapted" and index.method.adapted is None:
                 continue
             params = index.search_params(**settings)
             a, b = index.method.search(index.layer, H_TEST, 5, params), method.search(index.layer, H_TEST, 5, params)

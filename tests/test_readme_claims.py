@@ -25,9 +25,9 @@ EVERYTHING = {
     "lss": ({"train": H_TRAIN, "n_buckets": 8, "n_tables": 2, "rounds": 1}, [{"n_probe": 8}]),
     # FAISS methods: every list / node, and k_factor * K = D candidates rescored
     "faiss-flat": ({}, [{"k_factor": D // K}]),
-    "faiss-ivf": ({"nlist": 8}, [{"nprobe": 8, "k_factor": D // K}]),
+    "faiss-ivf": ({"nlist": 8}, [{"n_probe": 8, "k_factor": D // K}]),
     "faiss-hnsw": ({}, [{"ef_search": D, "k_factor": D // K}]),
-    "faiss-ivfpq": ({"nlist": 8}, [{"nprobe": 8, "k_factor": D // K}]),
+    "faiss-ivfpq": ({"nlist": 8}, [{"n_probe": 8, "k_factor": D // K}]),
 }
 
 
@@ -58,7 +58,7 @@ def test_ties_break_by_smaller_id_when_every_class_is_reached(method):
 @pytest.mark.xfail(strict=True, reason="documented in the README: faiss-flat / faiss-ivf at k_factor=1 (the default) take the "
                    "k candidates FAISS keeps, and FAISS's heap keeps the larger ids among classes tied at the k-th "
                    "score, so the smaller tied ids never reach the rescoring")
-@pytest.mark.parametrize("method, settings", [("faiss-flat", {}), ("faiss-ivf", {"nprobe": 8})])
+@pytest.mark.parametrize("method, settings", [("faiss-flat", {}), ("faiss-ivf", {"n_probe": 8})])
 def test_faiss_default_k_factor_breaks_ties_by_smaller_id(method, settings):
     """FAISS's inner products are exact here (small integers) and every list is probed, so the only thing
     between FAISS's candidates and the exact top-k is the tie order. The smallest case: classes 0 and 1
@@ -66,7 +66,7 @@ def test_faiss_default_k_factor_breaks_ties_by_smaller_id(method, settings):
     pytest.importorskip("faiss")
     small = wolindex.build(np.array([[1.0], [1.0], [2.0]], np.float32), np.zeros(3, np.float32), method=method,
                            verbose=False, **({"nlist": 1} if method == "faiss-ivf" else {}))
-    assert small.search(np.ones((1, 1), np.float32), 2, **({"nprobe": 1} if method == "faiss-ivf" else {}))[1
+    assert small.search(np.ones((1, 1), np.float32), 2, **({"n_probe": 1} if method == "faiss-ivf" else {}))[1
                         ].tolist() == [[2, 0]]
     _, labels = build(method).search(H, K, **settings)
     np.testing.assert_array_equal(labels, ORDER)

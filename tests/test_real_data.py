@@ -36,9 +36,9 @@ METHODS = {
     "ds": ({"n_experts": 16, "lasso": 0.003, "epochs_per_stage": 0.25, "final_epochs": 0.5, "seed": SEED},
            {"n_probe": 1}),
     "lss": ({"n_tables": 2, "n_buckets": 128, "rounds": 1, "seed": SEED}, {"n_probe": 2}),
-    "faiss-ivf": ({"nlist": 128, "seed": SEED}, {"nprobe": 16, "k_factor": 1}),
+    "faiss-ivf": ({"nlist": 128, "seed": SEED}, {"n_probe": 16, "k_factor": 1}),
     "faiss-hnsw": ({"m": 16, "ef_construction": 40}, {"ef_search": 64, "k_factor": 1}),
-    "faiss-ivfpq": ({"nlist": 128, "m": 16, "seed": SEED}, {"nprobe": 16, "k_factor": 8}),
+    "faiss-ivfpq": ({"nlist": 128, "m": 16, "seed": SEED}, {"n_probe": 16, "k_factor": 8}),
 }
 LEARNED = ("adaptive", "ds", "lss")   # built from the training states and their labels
 

@@ -144,9 +144,9 @@ def test_certified_bound_on_the_logit_layer_of_the_rays(logit_rays, path, k):
 
 # method -> (build settings, search settings that reach every class: every list / node, and for faiss-ivfpq,
 # whose own scores are approximate, k_factor * 10 = D candidates rescored), queries searched
-FAISS_EVERYTHING = {"faiss-ivf": ({"nlist": 16}, {"nprobe": 16}, 300),
+FAISS_EVERYTHING = {"faiss-ivf": ({"nlist": 16}, {"n_probe": 16}, 300),
                     "faiss-hnsw": ({}, {"ef_search": 3000}, 100),
-                    "faiss-ivfpq": ({"nlist": 16}, {"nprobe": 16, "k_factor": 300}, 300)}
+                    "faiss-ivfpq": ({"nlist": 16}, {"n_probe": 16, "k_factor": 300}, 300)}
 
 
 @pytest.mark.parametrize("method", list(FAISS_EVERYTHING))

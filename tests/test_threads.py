@@ -70,7 +70,7 @@ METHOD_BUILDS = {
            [{"n_probe": 2, "path": p} for p in ("fused", "grouped")]),
     "lss": (dict(n_buckets=32, n_tables=2, rounds=1),
             [{"n_probe": 3, "path": p} for p in ("fused", "grouped")]),
-    "faiss-ivf": (dict(nlist=20), [{"nprobe": 3}, {"nprobe": 7, "k_factor": 2}]),
+    "faiss-ivf": (dict(nlist=20), [{"n_probe": 3}, {"n_probe": 7, "k_factor": 2}]),
 }
 
 

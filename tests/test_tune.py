@@ -97,19 +97,19 @@ def test_fastest_meeting_setting_wins_not_the_most_expensive(lss_setup, monkeypa
 
 
 def test_faiss_ivf_is_not_tuned_to_a_full_scan():
-    """Real timings with a large cost gap: a small nprobe meeting target_p1 beats scanning all 50 lists;
-    nprobe=1, cheaper still but below the target, is not chosen."""
+    """Real timings with a large cost gap: a small n_probe meeting target_p1 beats scanning all 50 lists;
+    n_probe=1, cheaper still but below the target, is not chosen."""
     pytest.importorskip("faiss")
     W, b, H = clustered_layer()
     index = wolindex.build(W, b, method="faiss-ivf", nlist=50, verbose=False)
-    grid = [{"nprobe": 1}, {"nprobe": 6}, {"nprobe": 50}]
+    grid = [{"n_probe": 1}, {"n_probe": 6}, {"n_probe": 50}]
     report = index.tune(H, 10, target_p1=0.98, grid=grid, batch=256, n_batches=4, verbose=False)
-    by_probe = {t["settings"]["nprobe"]: t for t in report["tried"]}
+    by_probe = {t["settings"]["n_probe"]: t for t in report["tried"]}
     # observed P@1: 0.953, 1.0, 1.0
     assert by_probe[6]["P@1"] >= 0.98 and by_probe[50]["P@1"] == 1.0 and by_probe[1]["P@1"] < 0.98, by_probe
     check_report_consistent(report, 0.98)
-    assert report["chosen"]["settings"] == {"nprobe": 6}, report["tried"]
-    assert index.default_search["nprobe"] == 6
+    assert report["chosen"]["settings"] == {"n_probe": 6}, report["tried"]
+    assert index.default_search["n_probe"] == 6
     qps = "qps_batch256"
     assert by_probe[6][qps] > 2 * by_probe[50][qps], by_probe   # the gap the choice rests on (observed ~6x)
 

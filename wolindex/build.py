@@ -11,11 +11,8 @@ from .index import Index
 from .layer import OutputLayer
 from .methods import METHODS, get_method
 
-BACKENDS = ("cpu", "cupy")
-
-
 def build(W, b=None, method: str = "exact", *, train=None, labels=None, class_counts=None,
-          scoring: str = "logit", epsilon: float = 0.0, backend: str = "cpu", verbose: bool = True, **params: Any):
+          scoring: str = "logit", epsilon: float = 0.0, device: str = "cpu", verbose: bool = True, **params: Any):
     """Build an index over the output layer ``logits = H @ W.T + b``.
 
     W: (D, d) array from any framework (or an OutputLayer, then b and class_counts must be None);
@@ -23,10 +20,10 @@ def build(W, b=None, method: str = "exact", *, train=None, labels=None, class_co
     labels: (N,) their true class ids, for learned builders; class_counts: (D,) training frequencies;
     scoring: 'logit' (softmax layers) or 'spherical' (spherical softmax with `epsilon`: classes ranked by
     (w.h + b)^2, and search(..., return_probs=True) available); params: the method's build settings (see
-    wolindex.METHODS[method].Build); backend: 'cpu' (an Index) or 'cupy' (the built Index moved to the
-    first GPU, float32 rows: a wolindex.gpu.GpuIndex; see Index.to)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    wolindex.METHODS[method].Build); device: 'cpu' (an Index) or 'cuda' / 'cuda:N' (the built Index moved
+    to that GPU, float32 rows: a wolindex.gpu.GpuIndex; see Index.to)."""
+    if not isinstance(device, str) or not (device in ("cpu", "cuda") or device.startswith("cuda:")):
+        raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     if isinstance(W, OutputLayer):
         if b is not None or class_counts is not None or scoring != "logit" or epsilon != 0.0:
             raise ValueError("b / class_counts / scoring / epsilon: pass them inside the OutputLayer, not beside it")
@@ -52,4 +49,4 @@ def build(W, b=None, method: str = "exact", *, train=None, labels=None, class_co
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     index = Index(layer, built, build_params, built.default_search(), info)
-    return index.to("cuda") if backend == "cupy" else index
+    return index.to(device)

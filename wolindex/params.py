@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -16,7 +16,10 @@ from .engine.names import PATHS, check_engine
 
 @dataclass(frozen=True)
 class Params:
-    """Base of all settings classes."""
+    """Base of all settings classes. ALIASES: other names a setting is accepted under (alias -> name), such
+    as FAISS's own names."""
+
+    ALIASES: ClassVar[dict[str, str]] = {}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -27,7 +30,7 @@ class Params:
         scalars become the Python int / float / bool / str they hold, so to_dict() stays JSON-serialisable."""
         if values is not None and not isinstance(values, dict):
             raise TypeError(f"values: expected a dict of settings, got {type(values).__name__}")
-        values = {name: _plain(v) for name, v in {**(values or {}), **more}.items()}
+        values = {name: _plain(v) for name, v in {**cls._canonical(values or {}), **cls._canonical(more)}.items()}
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(values) - set(names))
         if unknown:
@@ -35,6 +38,17 @@ class Params:
         params = cls(**values)
         params.validate()
         return params
+
+    @classmethod
+    def _canonical(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """values with each alias replaced by the setting's name (TypeError when both are given)."""
+        out = dict(values)
+        for alias, name in cls.ALIASES.items():
+            if alias in out:
+                if name in out:
+                    raise TypeError(f"{name}: given twice, also as its alias {alias!r}")
+                out[name] = out.pop(alias)
+        return out
 
     def replace(self, **changes: Any):
         return type(self).from_dict(self.to_dict(), **changes)

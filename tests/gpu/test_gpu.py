@@ -98,8 +98,8 @@ def test_torch_cuda_in_torch_cuda_out_without_copies():
     assert bf16.shape == (32, 5)
 
 
-def test_build_with_backend_cupy_and_back():
-    gpu = wolindex.build(DATA.W, DATA.b, backend="cupy", verbose=False)
+def test_build_on_the_gpu_and_back():
+    gpu = wolindex.build(DATA.W, DATA.b, device="cuda", verbose=False)
     assert gpu.to("cpu").method_name == "exact"
     with pytest.raises(ValueError, match="NaN or Inf"):
         gpu.search(cupy.full((2, 64), cupy.nan, cupy.float32), 3)

@@ -19,7 +19,7 @@ def searches_on_gpu(method_cls) -> bool:
 
 class GpuIndex:
     """A host Index (``.index``) with its layer and method arrays copied to a device; made by
-    ``Index.to("cuda", dtype=...)`` or ``wolindex.build(..., backend="cupy")``.
+    ``Index.to("cuda", dtype=...)`` or ``wolindex.build(..., device="cuda")``.
 
     dtype: how class rows are stored and read: 'float32', 'float16' or 'bfloat16' (queries, products and
     scores stay float32; exact search's GEMM runs in the storage dtype with float32 accumulation)."""

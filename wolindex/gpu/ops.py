@@ -52,7 +52,7 @@ class DeviceOps:
 
     def candidates(self, H, k: int, probes, path: str, rows: str = "packed"):
         if rows != "packed":
-            raise ValueError("scoring: the GPU engine scores candidates with the layer's rows ('exact') only")
+            raise ValueError("rows: the GPU engine scores candidates with the layer's rows ('exact') only")
         return candidate_topk(self.rt, self.rows, H, probes, k, path)
 
     def merge(self, a, b):

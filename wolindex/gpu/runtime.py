@@ -87,7 +87,7 @@ class CupyRuntime(Runtime):
         try:
             import cupy
         except ImportError:
-            raise ImportError("backend 'cupy' needs CuPy: pip install cupy-cuda12x (or -cuda13x) on a machine "
+            raise ImportError("the GPU engine needs CuPy: pip install cupy-cuda12x (or -cuda13x) on a machine "
                               "with an NVIDIA GPU") from None
         try:
             from cupy_backends.cuda.libs import cublas

@@ -77,13 +77,15 @@ class FaissSearch(SearchParams):
 
 @dataclass(frozen=True)
 class FaissIVFSearch(FaissSearch):
-    """nprobe: inverted lists scanned per query (at most the index's nlist)."""
+    """n_probe (also accepted as FAISS's name, nprobe): inverted lists scanned per query (at most the index's
+    nlist)."""
 
-    nprobe: int = 8
+    ALIASES = {"nprobe": "n_probe"}
+    n_probe: int = 8
 
     def validate(self) -> None:
         super().validate()
-        check_int("nprobe", self.nprobe, 1, C_INT_MAX)
+        check_int("n_probe", self.n_probe, 1, C_INT_MAX)
 
 
 @dataclass(frozen=True)
@@ -237,19 +239,19 @@ class _FaissIVFMethod(_FaissMethod):
 
     def check_search(self, params) -> None:
         super().check_search(params)
-        _at_most("nprobe", params.nprobe, self.faiss_index.nlist, "the index's nlist")
+        _at_most("n_probe", params.n_probe, self.faiss_index.nlist, "the index's nlist")
 
     def _faiss_params(self, params):
-        return _faiss().SearchParametersIVF(nprobe=params.nprobe)
+        return _faiss().SearchParametersIVF(nprobe=params.n_probe)
 
     def default_search(self):
-        return {"nprobe": min(self.Search().nprobe, self.faiss_index.nlist)}
+        return {"n_probe": min(self.Search().n_probe, self.faiss_index.nlist)}
 
     def _grid(self, nprobes, k_factors):
-        """Tuning grid of (nprobe, k_factor) pairs, each capped at its bound, without repeats."""
+        """Tuning grid of (n_probe, k_factor) pairs, each capped at its bound, without repeats."""
         D, nlist = self.faiss_index.ntotal, self.faiss_index.nlist
         pairs = dict.fromkeys((min(p, nlist), min(f, D)) for p in nprobes for f in k_factors)
-        return [{"nprobe": p, "k_factor": f} for p, f in pairs]
+        return [{"n_probe": p, "k_factor": f} for p, f in pairs]
 
 
 @register
@@ -269,7 +271,7 @@ class FaissFlat(_FaissMethod):
 
 @register
 class FaissIVF(_FaissIVFMethod):
-    """faiss.IndexIVFFlat with inner product: k-means lists over [W, b], nprobe lists scanned."""
+    """faiss.IndexIVFFlat with inner product: k-means lists over [W, b], n_probe lists scanned."""
 
     name = "faiss-ivf"
     Build = FaissIVFBuild

@@ -17,7 +17,7 @@ from ..registry import register
 from .gate import Gate
 from .training import DSTrainer
 
-SCORINGS = ("exact", "adapted")
+ROWS = ("exact", "adapted")   # which rows score the candidates
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class DSBuild(BuildParams):
     queries of a batch, the rest going to their next choice (0: plain top-1 as in the paper; an addition
     against gate collapse); gate_hidden: 0 for a linear gate, else the width of one ReLU hidden layer;
     keep_adapted: also store the experts' own rows (for
-    scoring='adapted'); seed."""
+    rows='adapted'); seed."""
 
     n_experts: int = 256
     start_experts: int = 2
@@ -80,18 +80,19 @@ class DSBuild(BuildParams):
 
 @dataclass(frozen=True)
 class DSSearch(CandidateSearchParams):
-    """n_probe: experts opened per query (the top-m of the gate); scoring: 'exact' scores the candidates
-    with the original W, b (exact logits), 'adapted' with the experts' trained rows (DS-Softmax's own
-    logits, without the gate scaling; needs keep_adapted)."""
+    """n_probe: experts opened per query (the top-m of the gate); rows (also accepted under its former name,
+    scoring): 'exact' scores the candidates with the original W, b (exact logits), 'adapted' with the
+    experts' trained rows (DS-Softmax's own logits, without the gate scaling; needs keep_adapted)."""
 
+    ALIASES = {"scoring": "rows"}
     n_probe: int = 1
-    scoring: str = "exact"
+    rows: str = "exact"
 
     def validate(self) -> None:
         super().validate()
         check_int("n_probe", self.n_probe, 1)
-        if self.scoring not in SCORINGS:
-            raise ValueError(f"scoring: expected one of {SCORINGS}, got {self.scoring!r}")
+        if self.rows not in ROWS:
+            raise ValueError(f"rows: expected one of {ROWS}, got {self.rows!r}")
 
 
 @register
@@ -154,8 +155,8 @@ class DSSoftmax(BucketMethod):
     def check_search(self, params) -> None:
         if params.n_probe > self.buckets.n_buckets:
             raise ValueError(f"n_probe: at most {self.buckets.n_buckets} (the number of experts), got {params.n_probe}")
-        if params.scoring == "adapted" and self.adapted is None:
-            raise ValueError("scoring: 'adapted' needs an index built with keep_adapted=True")
+        if params.rows == "adapted" and self.adapted is None:
+            raise ValueError("rows: 'adapted' needs an index built with keep_adapted=True")
 
     def route(self, H: np.ndarray, n_probe: int, engine: str = "numba") -> np.ndarray:
         """(N, d) -> (N, n_probe) int32: the experts with the largest gate logits, best first, by the CPU
@@ -166,7 +167,7 @@ class DSSoftmax(BucketMethod):
         """Search on either engine (see methods.ops): the gate's top-n_probe experts, scored exactly."""
         self.check_search(params)
         probes = ops.router.route(H, params.n_probe, ops)
-        return ops.candidates(H, k, probes, params.path, rows="packed" if params.scoring == "exact" else "adapted")
+        return ops.candidates(H, k, probes, params.path, rows="packed" if params.rows == "exact" else "adapted")
 
     def tuning_grid(self, k):
         return [{"n_probe": m} for m in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32) if m <= self.buckets.n_buckets]
