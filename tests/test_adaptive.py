@@ -12,7 +12,7 @@ from wolindex.methods import adaptive
 from wolindex.methods.adaptive.clusters import (check_cutoffs, choose_cutoffs, geometric_cutoffs,
                                                  ideal_opening_cost)
 from wolindex.metrics import p_at_k
-from conftest import assert_topk_matches, random_layer, random_queries
+from helpers import assert_topk_matches, random_layer, random_queries
 
 DATA = synthetic(n_classes=5000, dim=32, n_train=6000, n_test=600, seed=3)
 FAST = dict(cost_queries=512, verbose=False)

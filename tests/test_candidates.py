@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from wolindex.engine import Buckets, PackedRows, candidate_topk, dispatch
-from conftest import assert_topk_matches, random_layer, random_queries
+from helpers import assert_topk_matches, random_layer, random_queries
 
 
 def random_buckets(n_classes, n_buckets, rng, max_size=60):

@@ -8,7 +8,7 @@ import wolindex
 from wolindex import cli
 from wolindex.contrib.datasets import load_dataset, synthetic
 from wolindex.contrib.demo import run_demo
-from conftest import random_layer, random_queries
+from helpers import random_layer, random_queries
 
 # Floor (>=) with what was observed on its seeded data (deterministic), leaving at most 1.5x the observed
 # miss rate. The tuned faiss-ivf setting is the fastest meeting P@1 >= 0.9 on the tuning queries, so it depends

@@ -4,7 +4,7 @@ import pytest
 
 import wolindex
 from wolindex.metrics import p_at_k
-from conftest import assert_topk_matches
+from helpers import assert_topk_matches
 
 N_GROUPS, PER_GROUP, DIM = 8, 250, 32
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from wolindex.engine import Buckets, PackedRows, candidate_topk, exact_topk, rescore_topk
-from conftest import random_layer, random_queries
+from helpers import random_layer, random_queries
 
 W, B = random_layer(50, 8)
 H = random_queries(3, 8)

@@ -4,7 +4,7 @@ import pytest
 
 import wolindex
 from wolindex.engine import dispatch, exact_topk
-from conftest import assert_topk_matches, random_layer, random_queries
+from helpers import assert_topk_matches, random_layer, random_queries
 
 
 @pytest.mark.parametrize("n_classes,dim,n,k", [

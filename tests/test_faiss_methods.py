@@ -10,7 +10,7 @@ from wolindex import format as wio
 from wolindex.contrib.datasets import synthetic
 from wolindex.methods.faiss_baselines import FaissIVF
 from wolindex.metrics import p_at_k
-from conftest import assert_topk_matches, random_layer, random_queries
+from helpers import assert_topk_matches, random_layer, random_queries
 
 faiss = pytest.importorskip("faiss")
 

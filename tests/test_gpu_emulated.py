@@ -14,7 +14,7 @@ import pytest
 import cuda_emulator
 import ml_dtypes          # the independent bfloat16 reference (a test dependency: pip install 'wolindex[test]')
 import wolindex
-from conftest import assert_topk_matches, random_layer, random_queries
+from helpers import assert_topk_matches, random_layer, random_queries
 from test_candidates import candidate_mask, random_buckets
 from wolindex.contrib.datasets import synthetic
 from wolindex.engine import PackedRows

@@ -12,7 +12,7 @@ import pytest
 import wolindex
 from wolindex import format as wio
 from wolindex.cli import main
-from conftest import random_layer, random_queries
+from helpers import random_layer, random_queries
 
 W, b = random_layer(300, 12)
 H = random_queries(5, 12)

@@ -12,7 +12,7 @@ import pytest
 
 import wolindex
 from wolindex import format as wio
-from conftest import random_layer, random_queries
+from helpers import random_layer, random_queries
 
 pytest.importorskip("faiss")
 

@@ -4,7 +4,7 @@ import pytest
 
 import wolindex
 from wolindex.arrays import as_float32, to_numpy
-from conftest import random_layer, random_queries
+from helpers import random_layer, random_queries
 
 W, b = random_layer(300, 16)
 H = random_queries(5, 16)

@@ -8,7 +8,7 @@ import pytest
 
 import wolindex
 from wolindex import format as wio
-from conftest import random_layer, random_queries
+from helpers import random_layer, random_queries
 
 W, b = random_layer(500, 24)
 H = random_queries(11, 24)

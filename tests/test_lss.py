@@ -7,7 +7,7 @@ import wolindex
 from wolindex.contrib.datasets import synthetic
 from wolindex.methods.lss import kmeans_buckets, reassign
 from wolindex.metrics import true_recall_at_k
-from conftest import assert_topk_matches
+from helpers import assert_topk_matches
 
 DATA = synthetic(n_classes=4000, dim=32, n_train=12000, n_test=1500, seed=4)
 SMALL = dict(n_buckets=64, n_tables=1, verbose=False)

@@ -9,7 +9,7 @@ import pytest
 
 import wolindex
 from wolindex.methods import METHODS, get_method
-from conftest import random_layer, random_queries
+from helpers import random_layer, random_queries
 
 D, DIM = 1500, 16
 W, B = random_layer(D, DIM, seed=11)

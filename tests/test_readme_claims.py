@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import wolindex
-from conftest import random_layer, random_queries
+from helpers import random_layer, random_queries
 
 D, DIM, K = 600, 8, 20
 W, B = random_layer(D, DIM, seed=0, integer=True)

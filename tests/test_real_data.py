@@ -19,7 +19,7 @@ import pytest
 
 import wolindex
 from wolindex.metrics import mean_candidates, p_at_k, true_recall_at_k
-from conftest import assert_topk_matches
+from helpers import assert_topk_matches
 
 pytestmark = pytest.mark.data
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import wolindex
-from conftest import assert_topk_matches, random_layer, random_queries
+from helpers import assert_topk_matches, random_layer, random_queries
 
 W, B = random_layer(3000, 16, seed=11)
 H = random_queries(300, 16, seed=12)

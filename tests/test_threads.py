@@ -6,7 +6,7 @@ import pytest
 
 import wolindex
 from wolindex.engine import Buckets, candidate_topk
-from conftest import random_layer, random_queries
+from helpers import random_layer, random_queries
 
 
 def test_concurrent_exact_searches():

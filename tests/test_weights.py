@@ -10,7 +10,7 @@ import pytest
 
 import wolindex
 from wolindex.weights import read_tensor
-from conftest import random_layer
+from helpers import random_layer
 
 W, b = random_layer(40, 6)
 

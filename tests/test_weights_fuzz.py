@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import wolindex
-from conftest import random_layer
+from helpers import random_layer
 
 W, b = random_layer(8, 4)
 N_CASES = 1000  # per test

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import wolindex
-from conftest import assert_topk_matches, random_layer, random_queries
+from helpers import assert_topk_matches, random_layer, random_queries
 from wolindex.contrib.datasets import synthetic
 from wolindex.gpu import engine
 from wolindex.gpu.runtime import queries_to_storage, rows_to_storage, storage_to_float32
