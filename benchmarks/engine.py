@@ -3,7 +3,7 @@ faiss.IndexFlatIP, and the candidate engine scoring a fixed 1 % of the classes p
 
     WOLINDEX_DATA=../shared/data python benchmarks/engine.py --threads 2
 
-Writes benchmarks/results/engine-<data>-<date>.json and a markdown table beside it. All speeds are from
+Writes benchmarks/results/engine-<data>-<date>.json (its table: benchmarks/report.py). All speeds are from
 one run, methods interleaved over the same distinct query batches, median per call after warm-up."""
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from wolindex.contrib.timing import compare_speed, machine_info, numpy_topk, set
 from wolindex.contrib.datasets import debian_lm_100k, debian_lm_100k_path, synthetic
 from wolindex.engine import Buckets, PackedRows, candidate_topk
 from wolindex._numeric import with_one_column
+from report import engine_block
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -86,21 +87,8 @@ def main():
     path = a.out or RESULTS / f"engine-{ds.name}-{datetime.now(timezone.utc):%Y%m%d-%H%M}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
-    table = markdown(out)
-    path.with_suffix(".md").write_text(table)
-    print(table)
+    print(engine_block(path))
     print(f"wrote {path}")
-
-
-def markdown(out: dict) -> str:
-    m = out["machine"]
-    lines = [f"{out['dataset']} (D={out['n_classes']:,}, d={out['dim']}), k={out['k']}, {out['threads']} threads, "
-             f"{m['cpu']}, {out['dtype']}; {out['protocol']}.", "",
-             "| method | batch 1 q/s | x exact | batch 256 q/s | x exact |", "|---|---:|---:|---:|---:|"]
-    for r in out["rows"]:
-        lines.append(f"| {r['method']} | {r['batch1_qps']:,.0f} | {r['batch1_vs_exact']:.2f} | "
-                     f"{r['batch256_qps']:,.0f} | {r['batch256_vs_exact']:.2f} |")
-    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

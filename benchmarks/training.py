@@ -20,6 +20,7 @@ import numpy as np
 
 from wolindex.contrib.timing import machine_info, set_threads
 from wolindex.training import FactoredLayer, NaiveLayer
+from report import training_block
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -79,21 +80,6 @@ def plot(path: Path) -> Path:
     return out
 
 
-def markdown(path: Path) -> str:
-    """The result file as a Markdown table (written beside it as .md)."""
-    result = json.loads(path.read_text())
-    lines = [f"{result['loss']} loss, batch 1, {result['dtype']}, {result['threads']} threads, "
-             f"{result['machine']['cpu']}; seconds per example = wall time of a run of steps / steps, after "
-             f"warm-up; from `{path.as_posix()}`.", "",
-             "| D | d | naive ms / example | factored ms / example | speedup | predicted D/(4d) | required D/(8d) |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in result["rows"]:
-        lines.append(f"| {r['D']:,} | {r['d']} | {r['naive_s_per_example'] * 1e3:.2f} | "
-                     f"{r['factored_s_per_example'] * 1e3:.3f} | {r['speedup']:.1f} | {r['predicted_speedup']:.1f} | "
-                     f"{r['required_speedup']:.1f} |")
-    return "\n".join(lines) + "\n"
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000, 200_000, 1_000_000])
@@ -107,8 +93,7 @@ def main(argv=None):
     ap.add_argument("--plot", type=Path, help="only draw the plot of this result file")
     a = ap.parse_args(argv)
     if a.plot:
-        a.plot.with_suffix(".md").write_text(markdown(a.plot))
-        print(f"wrote {plot(a.plot)} and {a.plot.with_suffix('.md')}")
+        print(f"wrote {plot(a.plot)}")
         return
     set_threads(a.threads)
     rows = []
@@ -125,8 +110,8 @@ def main(argv=None):
     path.write_text(json.dumps({"loss": a.loss, "threads": a.threads, "dtype": "float32", "batch": 1,
                                 "machine": machine_info(), "rows": rows,
                                 "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}, indent=1))
-    path.with_suffix(".md").write_text(markdown(path))
-    print(f"wrote {path}, {path.with_suffix('.md')} and {plot(path)}")
+    print(training_block(path))
+    print(f"wrote {path} and {plot(path)}")
 
 
 if __name__ == "__main__":

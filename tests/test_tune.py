@@ -77,7 +77,7 @@ def test_fastest_meeting_setting_wins_not_the_most_expensive(lss_setup, monkeypa
         qps = {p: 1000.0 + p for p in p1}                       # the rest: more probes, faster (anti-cost order)
         qps[fastest] = 1e6
         qps[1] = 1e9                                            # below the target: fastest of all, never chosen
-        speed, timed = fake_speed(lambda s: qps[s["n_probe"]])
+        speed, timed = fake_speed(lambda s, qps=qps: qps[s["n_probe"]])
         monkeypatch.setattr(tune_module, "compare_speed", speed)
         report = index.tune(H, 5, target_p1=target, grid=grid, verbose=False)
         assert set(meets) <= {s["n_probe"] for s in timed}       # the fake timer was used
