@@ -56,8 +56,8 @@ def test_ties_break_by_smaller_id_when_every_class_is_reached(method):
 
 
 @pytest.mark.xfail(strict=True, reason="documented in the README: faiss-flat / faiss-ivf at k_factor=1 "
-                   "(the default) take the k candidates FAISS keeps, and FAISS's heap keeps the larger ids among classes tied at the k-th "
-                   "score, so the smaller tied ids never reach the rescoring")
+                   "(the default) take the k candidates FAISS keeps, and FAISS's heap keeps the larger ids "
+                   "among classes tied at the k-th score, so the smaller tied ids never reach the rescoring")
 @pytest.mark.parametrize("method, settings", [("faiss-flat", {}), ("faiss-ivf", {"n_probe": 8})])
 def test_faiss_default_k_factor_breaks_ties_by_smaller_id(method, settings):
     """FAISS's inner products are exact here (small integers) and every list is probed, so the only thing
