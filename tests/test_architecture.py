@@ -202,3 +202,20 @@ def modules_after_import():
 @pytest.mark.parametrize("module", HEAVY)
 def test_import_wolindex_loads_no_heavy_dependency(modules_after_import, module):
     assert module not in modules_after_import, f"`import wolindex` imports {module}; import it where it is used"
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def test_no_long_functions():
+    """No function in wolindex/ is longer than MAX_FUNCTION_LINES lines unless a comment on its def line
+    says why (`# long: <reason>`)."""
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        lines = path.read_text().splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                size = node.end_lineno - node.lineno + 1
+                if size > MAX_FUNCTION_LINES and "# long:" not in lines[node.lineno - 1]:
+                    long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({size} lines)")
+    assert not long, long
