@@ -248,3 +248,18 @@ def test_merge_topk_orders_by_score_then_label():
     s, lab = merge_topk(np.array([[3.0, 1.0, -np.inf]], np.float32), np.array([[5, 2, -1]]),
                         np.array([[3.0, 2.0, 1.0]], np.float32), np.array([[4, 9, 0]]))
     assert lab.tolist() == [[4, 5, 9]] and s.tolist() == [[3.0, 3.0, 2.0]]
+
+
+def test_smallest_settings_and_array_cutoffs_are_taken():
+    """The lower bounds of the build settings are inclusive (cost_k=1, cost_queries=1, bound_block=1) and
+    cutoffs may come as a 1-D NumPy array (a 2-D one is refused)."""
+    W, b = random_layer(400, 8, seed=31)
+    H = random_queries(300, 8, seed=32)
+    counts = np.random.default_rng(33).integers(0, 50, 400)
+    built = wolindex.build(W, b, method="adaptive", train=H, class_counts=counts, cost_k=1, cost_queries=1,
+                           bound_block=1, cutoffs=np.array([50, 200]), verbose=False)
+    assert built.build_params.cutoffs == (50, 200)
+    assert built.search(H[:5], 3, mode="certified")[1].shape == (5, 3)
+    with pytest.raises((TypeError, ValueError), match="cutoffs"):
+        wolindex.build(W, b, method="adaptive", train=H, class_counts=counts, cutoffs=np.array([[50, 200]]),
+                       verbose=False)

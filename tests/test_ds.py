@@ -138,3 +138,42 @@ def test_bad_settings(index):
     lean = wolindex.build(W, B, method="ds", train=H_TRAIN, **{**SMALL, "keep_adapted": False})
     with pytest.raises(ValueError, match="keep_adapted=True"):
         lean.search(H_TEST, 3, rows="adapted")
+
+
+def test_completion_finds_every_training_querys_top_classes(index):
+    """complete_k (1 here): each expert holds the exact top-complete_k classes of the training queries the
+    trained gate routes to it, so one probe finds a training query's exact top-1 (the guarantee the setting
+    makes; a completion given to the wrong experts fails it)."""
+    assert index.build_params.complete_k == 1
+    scores, _ = index.search(H_TRAIN, 1, n_probe=1)
+    exact_scores, _ = wolindex.build(W, B).search(H_TRAIN, 1)
+    np.testing.assert_allclose(scores, exact_scores, rtol=1e-6, atol=1e-6)
+
+
+def test_balance_loss_gradient_matches_finite_differences():
+    """The importance (balance) loss's gradient with respect to the gate logits, against central differences."""
+    from wolindex.methods.ds.training import _importance_loss
+
+    logits = np.random.default_rng(5).standard_normal((12, 5)) * 2.0
+    grad, loss = _importance_loss(logits, 0.7)
+    assert loss > 0
+    step = 1e-6
+    numeric = np.zeros_like(logits)
+    for i in np.ndindex(logits.shape):
+        up, down = logits.copy(), logits.copy()
+        up[i] += step
+        down[i] -= step
+        numeric[i] = (_importance_loss(up, 0.7)[1] - _importance_loss(down, 0.7)[1]) / (2 * step)
+    np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-8)
+
+
+def test_restore_refuses_a_rehomed_class_past_the_layer(index):
+    arrays = dict(index.method.arrays)
+    state = dict(index.method.state)
+    method = wolindex.methods.get_method("ds")
+    for bad in (W.shape[0], -1):
+        arrays["rehomed"] = np.array([bad], np.int32)
+        with pytest.raises(ValueError, match="rehomed"):
+            method.restore(index.layer, arrays, state)
+    arrays["rehomed"] = np.array([W.shape[0] - 1], np.int32)
+    method.restore(index.layer, arrays, state)

@@ -298,3 +298,14 @@ def test_faiss_name_nprobe_is_an_alias_of_n_probe():
         index.search(H, 4, nprobe=5, n_probe=5)
     with pytest.raises(ValueError, match="n_probe: at most 16"):
         index.search(H, 4, nprobe=17)
+
+
+def test_smallest_build_settings_are_taken():
+    """The lower bounds are inclusive: HNSW with m=2, ef_construction=1; IVF with one list."""
+    W, b = random_layer(200, 6, seed=9)
+    H = random_queries(4, 6, seed=10)
+    exact = wolindex.build(W, b).search(H, 3)[1]
+    hnsw = wolindex.build(W, b, method="faiss-hnsw", m=2, ef_construction=1)
+    assert hnsw.search(H, 3)[1].shape == (4, 3)
+    ivf = wolindex.build(W, b, method="faiss-ivf", nlist=1)
+    np.testing.assert_array_equal(ivf.search(H, 3, n_probe=1, k_factor=10)[1], exact)

@@ -402,3 +402,12 @@ def test_gpu_benchmark_runs_end_to_end(tmp_path):
         assert r["ms_b4"] > 0 and 0 <= r["P@1"] <= 1
         if r["label"] == "exact" and r["dtype"] == "float32":
             assert r["P@1"] == 1.0 and r["speedup_b4"] == 1.0
+
+
+def test_device_names():
+    from wolindex.gpu import device_id
+
+    assert (device_id("cuda"), device_id("cuda:0"), device_id("cuda:3")) == (0, 0, 3)
+    for bad in ("gpu", "cuda:x", "cuda:-1", "cpu:0"):
+        with pytest.raises(ValueError, match="device"):
+            device_id(bad)
