@@ -34,7 +34,7 @@ def lss_setup():
 
 
 def fake_speed(qps_of):
-    """A stand-in for bench.compare_speed giving each runner the qps that qps_of(settings) names (runners
+    """A stand-in for tune.compare_speed giving each runner the qps that qps_of(settings) names (runners
     are functools.partial(index.search, k=..., **settings)); records what was timed."""
     timed = []
 
@@ -171,3 +171,31 @@ def test_report_is_kept_in_stats_and_becomes_the_default(lss_setup, monkeypatch)
     # a later tune replaces the report
     report2 = index.tune(H, 5, target_p1=1.0, grid=[{"n_probe": 32}], verbose=False)
     assert index.stats()["tuned"] == report2 and index.default_search["n_probe"] == 32
+
+
+HELD_OUT_P1 = {"adaptive": (0.94, "observed 0.960, data seed 5"), "lss": (0.92, "observed 0.945, data seed 5")}
+
+
+@pytest.mark.parametrize("method", ["adaptive", "lss"])
+def test_learned_methods_tune_on_their_own_grid(lss_setup, method, monkeypatch):
+    """adaptive and LSS tune over their own tuning_grid (the default grid): the chosen setting is one of
+    the grid's, the fastest of those meeting the target by the (fake, deterministic) timer, and it holds
+    the target on other held-out queries within a small margin."""
+    data, lss_index = lss_setup
+    index = lss_index if method == "lss" else wolindex.build(
+        data.W, data.b, method="adaptive", train=data.H_train, labels=data.y_train, cost_queries=256,
+        verbose=False)
+    grid = index.method.tuning_grid(5)
+
+    def qps(settings):   # fewer classes scored, faster
+        return 1e6 / (1.0 + float(np.mean(index.search(data.H_test[:50], 5, return_n_scored=True, **settings)[2])))
+
+    speed, _ = fake_speed(qps)
+    monkeypatch.setattr(tune_module, "compare_speed", speed)
+    tune_half, check_half = data.H_test[:200], data.H_test[200:]
+    report = index.tune(tune_half, 5, target_p1=0.95, verbose=False)
+    assert report["chosen"]["settings"] in grid
+    check_report_consistent(report, 0.95)
+    _, exact_labels = wolindex.build(data.W, data.b).search(check_half, 1)
+    _, labels = index.search(check_half, 5)
+    assert p_at_k(labels, exact_labels, 1) >= HELD_OUT_P1[method][0]
