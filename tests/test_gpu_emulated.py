@@ -411,3 +411,13 @@ def test_device_names():
     for bad in ("gpu", "cuda:x", "cuda:-1", "cpu:0"):
         with pytest.raises(ValueError, match="device"):
             device_id(bad)
+
+
+@pytest.mark.parametrize("dtype, value", [("float16", 70000.0), ("bfloat16", 3.4e38)])
+def test_rows_beyond_the_storage_range_are_refused(dtype, value):
+    """A finite float32 row value that rounds to infinity in the storage dtype is an error, never an inf."""
+    W = np.ones((4, 3), np.float32)
+    W[2, 1] = -value
+    with pytest.raises(ValueError, match="dtype: W has values"):
+        rows_to_storage(W, dtype)
+    assert rows_to_storage(np.float32([[3.38e38, -1.0]]), "bfloat16").dtype == np.uint16

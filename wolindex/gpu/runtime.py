@@ -21,7 +21,7 @@ GEMM_TYPES = {"float32": CUDA_R_32F, "float16": CUDA_R_16F, "bfloat16": CUDA_R_1
 
 def rows_to_storage(A: np.ndarray, dtype: str, name: str = "W") -> np.ndarray:
     """Float32 rows (host) -> their stored form: float32, float16, or bfloat16 bit patterns in uint16
-    (round to nearest even). Raises ValueError when a value overflows float16."""
+    (round to nearest even). Raises ValueError when a value overflows the storage dtype."""
     if dtype == "float32":
         return np.ascontiguousarray(A, np.float32)
     if dtype == "float16":
@@ -32,7 +32,11 @@ def rows_to_storage(A: np.ndarray, dtype: str, name: str = "W") -> np.ndarray:
                              f"use 'bfloat16' or 'float32'")
         return half
     if dtype == "bfloat16":
-        return float32_to_bfloat16_bits(np, np.ascontiguousarray(A, np.float32))
+        bits = float32_to_bfloat16_bits(np, np.ascontiguousarray(A, np.float32))
+        if np.any(bits & np.uint16(0x7F80) == np.uint16(0x7F80)):   # exponent all ones: rounded up to inf
+            raise ValueError(f"dtype: {name} has values that round beyond bfloat16's range (max |x| = "
+                             f"{np.abs(A).max():.4g}); use 'float32'")
+        return bits
     raise ValueError(f"dtype: expected one of {sorted(GEMM_TYPES)}, got {dtype!r}")
 
 

@@ -34,8 +34,7 @@ class DSBuild(BuildParams):
     n_probe=1); capacity_factor: in training, an expert takes at most capacity_factor * batch_size / K
     queries of a batch, the rest going to their next choice (0: plain top-1 as in the paper; an addition
     against gate collapse); gate_hidden: 0 for a linear gate, else the width of one ReLU hidden layer;
-    keep_adapted: also store the experts' own rows (for
-    rows='adapted'); seed."""
+    keep_adapted: also store the experts' own rows (for rows='adapted'); seed."""
 
     n_experts: int = 256
     start_experts: int = 2
