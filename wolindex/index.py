@@ -142,10 +142,9 @@ def save_index(index: Index, path, with_layer: bool = True) -> None:
 
     with_layer=False leaves W, b and class_counts out (the method's arrays only, with the layer's SHA-256):
     load then needs the same layer passed in. Only a wolindex index of the same kind, or an empty folder, is
-    replaced (see format.check_save_path); temporaries of earlier killed saves of `path` are removed."""
+    replaced (format.write_index checks the path first); temporaries of earlier killed saves of `path` are removed."""
     if not isinstance(with_layer, bool):
         raise TypeError(f"with_layer: expected a bool, got {type(with_layer).__name__}")
-    path = fmt.check_save_path(path)
     layer = index.layer
     arrays = {"layer.W": layer.W, "layer.b": layer.b} if with_layer else {}
     if with_layer and layer.class_counts is not None:

@@ -7,8 +7,8 @@ import numpy as np
 
 from ..engine import Buckets, PackedRows
 from ..layer import OutputLayer
-from .ops import HostOps
 from ..params import BuildParams, SearchParams, check_int
+from .ops import HostOps
 
 
 def check_array(arrays: dict[str, np.ndarray], name: str, dtype, shape: tuple, finite: bool = True) -> np.ndarray:
