@@ -44,3 +44,36 @@ class Adam:
             v *= b2
             v += (1 - b2) * g * g
             params[name] -= self.lr * (m / (1 - b1 ** self.t)) / (np.sqrt(v / (1 - b2 ** self.t)) + self.eps)
+
+
+def whitening(H: np.ndarray, floor: float = 1e-6) -> np.ndarray:
+    """T (d + 1, d + 1) float32: the symmetric square root C^(1/2) of the queries' second moment
+    C = E[[h, 1][h, 1]^T] over the rows of H (N, d), its eigenvalues raised to at least floor times the largest
+    so that T is invertible. Rows x = [w, b] indexed as x @ T and queries q = [h, 1] searched as
+    q @ inverse_transpose(T) keep every inner product: (q T^-T) . (x T) = q . x for any invertible T."""
+    Q = with_one_column(H, dtype=np.float64)
+    lam, V = np.linalg.eigh(Q.T @ Q / Q.shape[0])
+    lam = np.maximum(lam, floor * lam.max())
+    return ((V * np.sqrt(lam)) @ V.T).astype(np.float32)
+
+
+def inverse_transpose(T: np.ndarray) -> np.ndarray:
+    """inv(T).T (n, n) float32 of a square T, computed in float64: the query side of a row transform T.
+    ValueError when T is singular or its inverse is not finite in float32."""
+    try:
+        out = np.linalg.inv(T.astype(np.float64)).T.astype(np.float32)
+    except np.linalg.LinAlgError:
+        out = None
+    if out is None or not np.isfinite(out).all():
+        raise ValueError(f"whiten: the {T.shape[0]} x {T.shape[0]} transform is singular")
+    return out
+
+
+def transform_columns(X: np.ndarray, T: np.ndarray, step: int = 16384) -> np.ndarray:
+    """X (n, width) float32 with its first T.shape[0] columns replaced, in place, by their product with T
+    (computed in float64, in blocks of `step` rows); returns X."""
+    n = T.shape[0]
+    T64 = T.astype(np.float64)
+    for lo in range(0, X.shape[0], step):
+        X[lo:lo + step, :n] = X[lo:lo + step, :n].astype(np.float64) @ T64
+    return X
