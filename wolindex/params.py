@@ -105,6 +105,18 @@ class BuildParams(Params):
 
 
 @dataclass(frozen=True)
+class BucketBuildParams(BuildParams):
+    """Build settings every bucket method has. screen: also store int8 screening codes of the buckets' rows,
+    so that searches can take screen=n (see CandidateSearchParams)."""
+
+    screen: bool = False
+
+    def validate(self) -> None:
+        if not isinstance(self.screen, bool):
+            raise TypeError(f"screen: expected a bool, got {type(self.screen).__name__}")
+
+
+@dataclass(frozen=True)
 class SearchParams(Params):
     """Settings shared by every search. engine: 'numba' (fast) or 'numpy' (slow reference)."""
 
@@ -118,11 +130,15 @@ class SearchParams(Params):
 class CandidateSearchParams(SearchParams):
     """Search settings of methods that score candidate buckets.
 
-    path: 'fused' (one pass per query), 'grouped' (queries sharing a bucket scored together) or 'auto'."""
+    path: 'fused' (one pass per query), 'grouped' (queries sharing a bucket scored together) or 'auto';
+    screen: 0 scores every class of the probed buckets exactly; n > 0 screens them with the index's int8 codes
+    (built with screen=True) and rescores the n best exactly."""
 
     path: str = "auto"
+    screen: int = 0
 
     def validate(self) -> None:
         super().validate()
         if self.path not in PATHS:
             raise ValueError(f"path: expected one of {PATHS}, got {self.path!r}")
+        check_int("screen", self.screen, 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 ENGINES = ("numba", "numpy")
 PATHS = ("auto", "fused", "grouped")
 QUERY_BLOCK = 4096   # queries per engine call (kernel launch, GEMM, search step): bounds memory for any N
+SCREEN_MAX_QUADS = (2**31 - 1) // (255 * 127 * 4)   # coded dimensions / 4 whose integer sums fit int32
 
 
 def check_engine(engine: str) -> None:

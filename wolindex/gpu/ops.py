@@ -50,7 +50,9 @@ class DeviceOps:
         scores, labels = exact_topk(self.rt, self.W, self.b, H, k, self.dtype)
         return scores, labels, self.xp.full(H.shape[0], self.W.shape[0], self.xp.int64)
 
-    def candidates(self, H, k: int, probes, path: str, rows: str = "packed"):
+    def candidates(self, H, k: int, probes, path: str, rows: str = "packed", screen: int = 0):
+        if screen:
+            raise ValueError("screen: the GPU engine has no screening stage yet; search with screen=0")
         if rows != "packed":
             raise ValueError("rows: the GPU engine scores candidates with the layer's rows ('exact') only")
         return candidate_topk(self.rt, self.rows, H, probes, k, path)

@@ -35,6 +35,18 @@ def check_state_int(state: dict[str, Any], name: str, low: int, high: int | None
     return check_int(f"state: {name}", state[name], low, high)
 
 
+SCREEN_ARRAYS = ("screen_blocks", "screen_scale", "screen_mean")   # a bucket method's optional int8 codes
+
+
+def doubling(start: int, stop: int) -> list[int]:
+    """[start, 2 start, 4 start, ... (those below stop), stop], or [] when start >= stop."""
+    values = []
+    while start < stop:
+        values.append(start)
+        start *= 2
+    return values + [stop] if values else []
+
+
 class Method:
     """One builder + its search. Subclasses set `name`, `Build`, `Search` and implement build / search.
 
@@ -81,6 +93,11 @@ class Method:
         """Search settings Index.tune tries, as dicts of overrides (methods without settings: one, empty)."""
         return [{}]
 
+    def wider_grid(self, k: int) -> list[dict[str, Any]]:
+        """Settings beyond tuning_grid, up to the most exact the method gets, that Index.tune tries when no
+        setting of tuning_grid meets its target (default: none)."""
+        return []
+
     def nbytes(self) -> int:
         """Bytes of the method's own arrays (the layer not included)."""
         return int(sum(a.nbytes for a in self.arrays.values()))
@@ -101,12 +118,37 @@ class BucketMethod(Method):
         self.buckets = Buckets(indptr, indices)
         self.buckets.validate(layer.n_classes)
         self.packed = PackedRows.of(self.buckets, layer.W, layer.b)
+        self.screen_codes = self._screen_codes(layer) if SCREEN_ARRAYS[0] in self.arrays else None
 
     @classmethod
     def restore(cls, layer, arrays, state):
         return cls(layer, arrays, state)
 
-    def check_arrays(self, specs: dict[str, tuple], others: tuple | None = ("indptr", "indices")) -> None:
+    @staticmethod
+    def screen_arrays(layer: OutputLayer, buckets: Buckets) -> dict[str, np.ndarray]:
+        """The arrays of the buckets' int8 screening codes (engine.screen.BucketCodes), for a builder to add
+        to its own when asked to (build setting screen=True)."""
+        from ..engine.screen import BucketCodes
+
+        codes = BucketCodes.encode(layer.W, layer.b, buckets)
+        return dict(zip(SCREEN_ARRAYS, (codes.blocks, codes.class_scale, codes.mean)))
+
+    def _screen_codes(self, layer: OutputLayer):
+        """The screening codes from the method's checked screen arrays."""
+        from ..engine.screen import BucketCodes
+
+        D, d = layer.W.shape
+        n_blocks = int((-(-self.buckets.sizes() // 16)).sum())
+        for name, (dtype, shape) in zip(SCREEN_ARRAYS, ((np.int8, (n_blocks, max(1, -(-d // 4)), 64)),
+                                                        (np.float32, (D,)), (np.float32, (d,)))):
+            self.arrays[name] = np.ascontiguousarray(check_array(self.arrays, name, dtype, shape))
+        blocks, scale, mean = (self.arrays[name] for name in SCREEN_ARRAYS)
+        if (blocks == -128).any() or (scale < 0).any():
+            raise ValueError("arrays: screen_blocks must hold codes in [-127, 127] and screen_scale be >= 0")
+        return BucketCodes(blocks, scale, mean, self.buckets, layer.b)
+
+    def check_arrays(self, specs: dict[str, tuple],
+                     others: tuple | None = ("indptr", "indices", *SCREEN_ARRAYS)) -> None:
         """Check arrays with check_array: specs maps each name to its (dtype, shape); every name must be there
         and match, and (unless others is None) any name outside specs and others is refused. Checked arrays
         are kept C-contiguous (a copy only for a strided array), the layout the kernels are compiled for."""
@@ -118,5 +160,7 @@ class BucketMethod(Method):
             self.arrays[name] = np.ascontiguousarray(check_array(self.arrays, name, dtype, shape))
 
     def nbytes(self) -> int:
-        """Saved arrays plus the packed copy of the buckets' rows of W."""
-        return super().nbytes() + self.packed.W.nbytes + self.packed.b.nbytes + self.packed.row_of.nbytes
+        """Saved arrays plus the packed copy of the buckets' rows of W (and the screen's per-slot terms)."""
+        extra = 0 if self.screen_codes is None else self.screen_codes.nbytes() - self.screen_codes.blocks.nbytes - \
+            self.screen_codes.class_scale.nbytes
+        return super().nbytes() + self.packed.W.nbytes + self.packed.b.nbytes + self.packed.row_of.nbytes + extra

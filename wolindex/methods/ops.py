@@ -15,8 +15,10 @@ offer:
 - ``top_rows(V, c, H, n, groups=1)``: the rows of V split into ``groups`` equal groups (hash tables), each
   query's top-n rows of each group by H @ V.T + c, as (N, groups * n) int32 row ids of V;
 - ``exact(H, k)``: exact top-k over all classes -> scores, labels, n_scored;
-- ``candidates(H, k, probes, path, rows="packed")``: exact top-k over the union of each query's probed
-  buckets (probes (N, m) int32, -1: none), scored with the method's PackedRows attribute ``rows``;
+- ``candidates(H, k, probes, path, rows="packed", screen=0)``: exact top-k over the union of each query's
+  probed buckets (probes (N, m) int32, -1: none), scored with the method's PackedRows attribute ``rows``;
+  with screen > 0, over the `screen` best of them by the method's int8 screening codes (n_scored: the
+  classes rescored);
 - ``merge(a, b)``: two (scores, labels, n_scored) results over disjoint classes -> their joint top-k;
 - ``probe_lists(mask, offset)``: (N, B) bool -> probes naming the True columns (+ offset), -1 elsewhere;
 - ``surely_empty(mask)``: True when the mask is known to be all False without waiting for a device.
@@ -102,8 +104,19 @@ class HostOps:
         scores, labels = exact_topk(layer.W, layer.b, H, k, engine=self.engine, square=layer.square)
         return scores, labels, np.full(H.shape[0], layer.n_classes, np.int64)
 
-    def candidates(self, H, k: int, probes, path: str, rows: str = "packed"):
+    def candidates(self, H, k: int, probes, path: str, rows: str = "packed", screen: int = 0):
         layer, method = self.layer, self.method
+        if screen:
+            from ..engine.buckets import check_probes
+            from ..engine.screen import screened_candidate_topk
+
+            if method.screen_codes is None:
+                raise ValueError("screen: this index has no screening codes; build it with screen=True")
+            if layer.square:
+                raise ValueError("screen: spherical layers have no screened search")
+            probes = check_probes(probes, method.buckets.n_buckets, H.shape[0])
+            return screened_candidate_topk(layer.W, layer.b, H, k, method.screen_codes, probes, max(k, screen),
+                                           self.engine)
         return candidate_topk(layer.W, layer.b, H, k, method.buckets, probes, engine=self.engine, path=path,
                               packed=getattr(method, rows), square=layer.square and method.supports_spherical)
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from ...engine import Buckets
 from ...engine.names import QUERY_BLOCK
-from ...params import BuildParams, CandidateSearchParams, check_int, check_number
+from ...params import BucketBuildParams, CandidateSearchParams, check_int, check_number
 from ...teacher import teacher_topk
 from ..base import BucketMethod, check_array
 from ..ops import in_steps
@@ -35,7 +35,7 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
-class AdaptiveBuild(BuildParams):
+class AdaptiveBuild(BucketBuildParams):
     """cutoffs: ends of the head and of each tail cluster but the last, in frequency rank (None: chosen by
     expected cost on `cost_queries` training queries for top-`cost_k` search); gate_target: 'mass' fits each
     gate to the log of its cluster's (unnormalised) softmax mass, the paper's quantity and an upper bound
@@ -53,6 +53,7 @@ class AdaptiveBuild(BuildParams):
     seed: int = 0
 
     def validate(self) -> None:
+        super().validate()
         check_int("cost_k", self.cost_k, 1)
         check_int("cost_queries", self.cost_queries, 1)
         check_int("bound_block", self.bound_block, 1)
@@ -154,6 +155,8 @@ class AdaptiveSoftmax(BucketMethod):
         state = {"cutoffs": [int(x) for x in cutoffs], "cutoffs_from": source_cut, "frequencies_from": source,
                  "head": head, "n_clusters": int(cutoffs.size), "n_blocks": len(blocks),
                  "gate_rmse_mean": float(rmse.mean())}
+        if params.screen:
+            arrays.update(cls.screen_arrays(layer, buckets))
         return cls(layer, arrays, state)
 
     @staticmethod
@@ -170,11 +173,11 @@ class AdaptiveSoftmax(BucketMethod):
     def _search_step(self, ops, H, k, params):
         """The head, then the tail blocks the router opens against the head's threshold_rank-th score."""
         xp = ops.xp
-        head = ops.candidates(H, k, xp.zeros((H.shape[0], 1), xp.int32), params.path)
+        head = ops.candidates(H, k, xp.zeros((H.shape[0], 1), xp.int32), params.path, screen=params.screen)
         opened = ops.router.opened_blocks(xp, H, head[0][:, self.threshold_rank(k, params) - 1], params)
         if ops.surely_empty(opened):
             return head
-        return ops.merge(head, ops.candidates(H, k, ops.probe_lists(opened, 1), params.path))
+        return ops.merge(head, ops.candidates(H, k, ops.probe_lists(opened, 1), params.path, screen=params.screen))
 
     def tuning_grid(self, k):
         grid = [{"mode": "approximate", "margin": m, "beat_rank": r}

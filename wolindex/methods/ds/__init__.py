@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...engine import Buckets, PackedRows
-from ...params import BuildParams, CandidateSearchParams, check_int, check_number
+from ...params import BucketBuildParams, CandidateSearchParams, check_int, check_number
 from ...teacher import teacher_topk
-from ..base import BucketMethod, check_state_int
+from ..base import BucketMethod, check_state_int, doubling
 from ..ops import HostOps
 from ..registry import register
 from .gate import Gate
@@ -21,7 +21,7 @@ ROWS = ("exact", "adapted")   # which rows score the candidates
 
 
 @dataclass(frozen=True)
-class DSBuild(BuildParams):
+class DSBuild(BucketBuildParams):
     """n_experts: K at the end of mitosis (a power-of-two multiple of start_experts); start_experts: K at
     the start; epochs_per_stage / final_epochs: passes over the training queries per mitosis stage and added
     to the last one; batch_size; gate_lr (Adam); expert_lr (proximal SGD); lasso: group-lasso weight;
@@ -57,6 +57,7 @@ class DSBuild(BuildParams):
     seed: int = 0
 
     def validate(self) -> None:
+        super().validate()
         check_int("n_experts", self.n_experts, 1)
         check_int("start_experts", self.start_experts, 1, self.n_experts)
         ratio = self.n_experts // self.start_experts
@@ -149,6 +150,8 @@ class DSSoftmax(BucketMethod):
                  "rehomed_classes": int(trainer.rehomed.size), "train_queries": int(train.shape[0]),
                  "teacher_s": teacher_s, "total_s": time.perf_counter() - started,
                  "training": trainer.history}
+        if params.screen:
+            arrays.update(cls.screen_arrays(layer, buckets))
         return cls(layer, arrays, state)
 
     def check_search(self, params) -> None:
@@ -166,7 +169,12 @@ class DSSoftmax(BucketMethod):
         """Search on either engine (see methods.ops): the gate's top-n_probe experts, scored exactly."""
         self.check_search(params)
         probes = ops.router.route(H, params.n_probe, ops)
-        return ops.candidates(H, k, probes, params.path, rows="packed" if params.rows == "exact" else "adapted")
+        return ops.candidates(H, k, probes, params.path, rows="packed" if params.rows == "exact" else "adapted",
+                              screen=params.screen)
 
     def tuning_grid(self, k):
         return [{"n_probe": m} for m in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32) if m <= self.buckets.n_buckets]
+
+    def wider_grid(self, k):
+        """n_probe doubling from 64 up to every expert (exact search)."""
+        return [{"n_probe": m} for m in doubling(64, self.buckets.n_buckets)]

@@ -14,16 +14,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...engine import Buckets
-from ...params import BuildParams, CandidateSearchParams, check_int, check_number
+from ...params import BucketBuildParams, CandidateSearchParams, check_int, check_number
 from ...teacher import teacher_topk
-from ..base import BucketMethod, check_state_int
+from ..base import BucketMethod, check_state_int, doubling
 from ..ops import HostOps
 from ..registry import register
 from .hashing import HashTable, HashTables, kmeans_buckets, label_recall, reassign, target_buckets
 
 
 @dataclass(frozen=True)
-class LSSBuild(BuildParams):
+class LSSBuild(BucketBuildParams):
     """n_tables: L; n_buckets: B per table (at most D: a layer of fewer classes gets D buckets per table);
     rounds: train-then-reassign rounds; epochs: passes over the training queries per round; batch_size; lr
     (Adam); max_copies: buckets a label may live in per table; bucket_cap: at reassignment a bucket takes at
@@ -42,6 +42,7 @@ class LSSBuild(BuildParams):
     seed: int = 0
 
     def validate(self) -> None:
+        super().validate()
         check_int("n_tables", self.n_tables, 1)
         check_int("n_buckets", self.n_buckets, 2)
         check_int("rounds", self.rounds, 0)
@@ -114,6 +115,8 @@ class LSS(BucketMethod):
         state = {"n_tables": params.n_tables, "n_buckets": B, "mean_bucket": float(sizes.mean()),
                  "max_bucket": int(sizes.max()), "labels_from": "labels" if labels is not None else "exact top-1",
                  "training": history}
+        if params.screen:
+            arrays.update(cls.screen_arrays(layer, buckets))
         return cls(layer, arrays, state)
 
     def probes(self, H: np.ndarray, n_probe: int, engine: str = "numba") -> np.ndarray:
@@ -128,11 +131,15 @@ class LSS(BucketMethod):
     def search_with(self, ops, H, k, params):
         """Search on either engine (see methods.ops): the probed buckets of every table, scored exactly."""
         self.check_search(params)
-        return ops.candidates(H, k, ops.router.probes(ops, H, params.n_probe), params.path)
+        return ops.candidates(H, k, ops.router.probes(ops, H, params.n_probe), params.path, screen=params.screen)
 
     def tuning_grid(self, k):
         B = self.state["n_buckets"]
         return [{"n_probe": p} for p in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) if p <= B]
+
+    def wider_grid(self, k):
+        """n_probe doubling from 128 up to every bucket (exact search)."""
+        return [{"n_probe": p} for p in doubling(128, self.state["n_buckets"])]
 
 
 def _build_table(layer, params, train, y, B, cap, seed, rng, tick):

@@ -1,0 +1,129 @@
+"""Integer dot products of screening codes: one tile of 16 classes against 1 or 4 queries.
+
+Codes are int8, laid out for AVX-512 VNNI: ``blocks`` (n_blocks, n_quads, 64), where byte 4 * j + u of
+``blocks[g, t]`` is the code of class 16 * g + j at dimension 4 * t + u. Queries are uint8 (the int8 code
+plus 128) packed four to an int32: ``quads`` (N, n_quads). A tile writes, for each query i of the tile and
+class j of block g, the exact int32 sum over the dimensions of (query byte) * (class code) to ``out[i, j]``.
+
+With AVX-512 VNNI the tile is one ``vpdpbusd`` per (query, four dimensions), written in LLVM IR (Numba does
+not emit it by itself); elsewhere a plain Numba loop computes the same integers. Both are exact: the sums fit
+int32 for at most SCREEN_MAX_QUADS quads (255 * 127 * 4 * SCREEN_MAX_QUADS < 2**31)."""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import binding, ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+_I32 = ir.IntType(32)
+_V16 = ir.VectorType(_I32, 16)
+
+
+def host_has_vnni() -> bool:
+    """Whether this CPU runs AVX-512 VNNI (vpdpbusd on 512-bit registers)."""
+    features = binding.get_host_cpu_features()
+    return bool(features.get("avx512vnni")) and bool(features.get("avx512bw"))
+
+
+def _make_vnni_tile(n_queries: int, n_blocks: int):
+    """An intrinsic tile(blocks, g, quads, q0, out): out[i * n_blocks + a, :16] = the int32 dot products of
+    block g + a with query q0 + i, for i < n_queries and a < n_blocks (see the module docstring): as many
+    independent accumulator chains, so that the instruction's latency is hidden."""
+
+    @intrinsic
+    def tile(typingctx, blocks, g, quads, q0, out):
+        sig = types.void(blocks, g, quads, q0, out)
+
+        def codegen(context, builder, signature, args):
+            code_arr = context.make_array(signature.args[0])(context, builder, args[0])
+            quad_arr = context.make_array(signature.args[2])(context, builder, args[2])
+            out_arr = context.make_array(signature.args[4])(context, builder, args[4])
+            g_val, q0_val = args[1], args[3]
+            n_quads = builder.extract_value(code_arr.shape, 1)
+            row_len = builder.extract_value(quad_arr.shape, 1)
+            dot = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16, [_V16, _V16, _V16]),
+                                                 "llvm.x86.avx512.vpdpbusd.512")
+            vec_ptr = builder.bitcast(code_arr.data, _V16.as_pointer())
+            first_vec = builder.mul(g_val, n_quads)
+            quad_ptr = builder.bitcast(quad_arr.data, _I32.as_pointer())
+            rows = [builder.mul(builder.add(q0_val, ir.Constant(q0_val.type, i)), row_len) for i in range(n_queries)]
+            block_offsets = [builder.mul(ir.Constant(n_quads.type, a), n_quads) for a in range(n_blocks)]
+            entry = builder.basic_block
+            loop = builder.append_basic_block("vnni_loop")
+            done = builder.append_basic_block("vnni_done")
+            builder.branch(loop)
+            builder.position_at_end(loop)
+            t = builder.phi(n_quads.type)
+            t.add_incoming(ir.Constant(n_quads.type, 0), entry)
+            accs = []
+            for _ in range(n_queries * n_blocks):
+                acc = builder.phi(_V16)
+                acc.add_incoming(ir.Constant(_V16, None), entry)
+                accs.append(acc)
+            codes = [builder.load(builder.gep(vec_ptr, [builder.add(builder.add(first_vec, t), block)]), align=1)
+                     for block in block_offsets]
+            news = []
+            for i in range(n_queries):
+                quad = builder.load(builder.gep(quad_ptr, [builder.add(rows[i], t)]))
+                splat = builder.insert_element(ir.Constant(_V16, None), quad, ir.Constant(_I32, 0))
+                splat = builder.shuffle_vector(splat, ir.Constant(_V16, None), ir.Constant(_V16, [0] * 16))
+                for a in range(n_blocks):
+                    new = builder.call(dot, [accs[i * n_blocks + a], splat, codes[a]])
+                    accs[i * n_blocks + a].add_incoming(new, loop)
+                    news.append(new)
+            t_next = builder.add(t, ir.Constant(t.type, 1))
+            t.add_incoming(t_next, loop)
+            builder.cbranch(builder.icmp_signed("<", t_next, n_quads), loop, done)
+            builder.position_at_end(done)
+            out_ptr = builder.bitcast(out_arr.data, _V16.as_pointer())
+            for i, new in enumerate(news):
+                builder.store(new, builder.gep(out_ptr, [ir.Constant(_I32, i)]), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+@njit(inline="always")
+def generic_tile(blocks, g, quads, q0, n_queries, n_blocks, out):
+    """The tile in plain Numba (any CPU): the same int32 results as the VNNI tile."""
+    n_quads = blocks.shape[1]
+    for i in range(n_queries):
+        qbytes = quads[q0 + i].view(np.uint8)
+        for a in range(n_blocks):
+            for j in range(16):
+                acc = np.int32(0)
+                for t in range(n_quads):
+                    for u in range(4):
+                        acc += np.int32(qbytes[4 * t + u]) * np.int32(blocks[g + a, t, 4 * j + u])
+                out[i * n_blocks + a, j] = acc
+
+
+TILES = ((1, 1), (1, 4), (4, 1), (4, 2))   # (queries, blocks) shapes the kernels use
+
+if host_has_vnni():
+    _q1b1, _q1b4, _q4b1, _q4b2 = (_make_vnni_tile(nq, nb) for nq, nb in TILES)
+
+    @njit(inline="always")
+    def tile(n_queries, n_blocks, blocks, g, quads, q0, out):
+        """out[i * n_blocks + a] = dot products of block g + a with query q0 + i; (n_queries, n_blocks) in TILES."""
+        if n_queries == 1:
+            if n_blocks == 1:
+                _q1b1(blocks, g, quads, q0, out)
+            else:
+                _q1b4(blocks, g, quads, q0, out)
+        elif n_blocks == 1:
+            _q4b1(blocks, g, quads, q0, out)
+        else:
+            _q4b2(blocks, g, quads, q0, out)
+
+    KIND = "avx512-vnni"
+else:
+    @njit(inline="always")
+    def tile(n_queries, n_blocks, blocks, g, quads, q0, out):
+        """out[i * n_blocks + a] = dot products of block g + a with query q0 + i; (n_queries, n_blocks) in TILES."""
+        generic_tile(blocks, g, quads, q0, n_queries, n_blocks, out)
+
+    KIND = "generic"
