@@ -17,7 +17,8 @@ FORBIDDEN_IN_CORE = (CONTRIB, "benchmarks", "tests", "conftest")
 # what `import wolindex` must not load; each is imported where it is used
 # the command line may run a contrib tool (`wolindex demo`), importing it inside that command only
 CONTRIB_INSIDE_FUNCTIONS = ("wolindex.cli",)
-HEAVY = ("numba", "sklearn", "faiss", "cupy", "tqdm", "ml_dtypes", "safetensors", "scipy", "threadpoolctl")
+HEAVY = ("numba", "sklearn", "faiss", "cupy", "tqdm", "ml_dtypes", "safetensors", "scipy", "threadpoolctl", "torch",
+         "transformers")
 
 
 def modules_of(root: Path) -> dict[str, Path]:

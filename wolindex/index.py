@@ -11,6 +11,7 @@ import numpy as np
 
 from . import format as fmt
 from .arrays import as_queries, check_k
+from .engine.blas import before_search
 from .layer import OutputLayer
 from .methods import Method, get_method
 from .params import BuildParams
@@ -46,24 +47,50 @@ class Index:
         return type(self.method).Search.from_dict(self.default_search, **settings)
 
     def search(self, H, k: int = 10, *, return_n_scored: bool = False, return_probs: bool = False,
-               **settings: Any):
+               return_logprobs: bool | str = False, **settings: Any):
         """Top-k classes of each query, by exact logit ``w_c . h + b_c`` (by its square on spherical layers).
 
         H: (N, d) array from any framework, any float dtype (computed in float32); k: 1 <= k <= D;
-        settings: the method's search settings for this call (see ``search_params``).
+        settings: the method's search settings for this call (see ``search_params``); without any, the
+        index's defaults, or exact search when tune() found it faster (stats()["tuned"]["search_exactly"]).
         Returns scores (N, k) float32 and labels (N, k) int64, each row best first (ties: smaller id
         first), padded with -inf / -1 when a method finds fewer than k candidates; then, when asked,
-        n_scored (N,) int64, the classes scored per query, and probs (N, k) float64, the exact
-        spherical-softmax probabilities of the returned classes (spherical layers only; 0 for padding)."""
+        n_scored (N,) int64, the classes scored per query, probs (N, k) float64, the exact
+        spherical-softmax probabilities of the returned classes (spherical layers only; 0 for padding), and
+        logprobs (N, k) float64, their log-probabilities under the softmax over all D classes (-inf for
+        padding), its normaliser estimated (return_logprobs=True, see wolindex.sampling.log_normaliser) or
+        exact (return_logprobs='exact': one more pass over every class)."""
         Q = as_queries(H, self.dim)
         k = check_k(k, self.n_classes)
         self._check_no_overflow(Q)
         if return_probs and not self.layer.square:
             raise ValueError("return_probs: only spherical layers (scoring='spherical') have exact probabilities "
                              "without scoring every class")
-        scores, labels, n_scored = self.method.search(self.layer, Q, k, self.search_params(**settings))
+        before_search(Q.shape[0])
+        if not settings and self.info.get("tuned", {}).get("search_exactly"):
+            scores, labels, n_scored = self._exact(Q, k)
+        else:
+            scores, labels, n_scored = self.method.search(self.layer, Q, k, self.search_params(**settings))
         out = (scores, labels) + ((n_scored,) if return_n_scored else ())
-        return out + ((self.layer.spherical_probs(Q, scores),) if return_probs else ())
+        out = out + ((self.layer.spherical_probs(Q, scores),) if return_probs else ())
+        if return_logprobs is not False:
+            from .sampling import logprobs
+
+            out = out + (logprobs(self, Q, scores, labels, return_logprobs),)
+        return out
+
+    def search_exact(self, H, k: int = 10):
+        """Exact top-k of every class, whatever the method: scores (N, k) float32, labels (N, k) int64."""
+        Q = as_queries(H, self.dim)
+        k = check_k(k, self.n_classes)
+        self._check_no_overflow(Q)
+        return self._exact(Q, k)[:2]
+
+    def _exact(self, Q: np.ndarray, k: int):
+        from .engine import exact_topk
+
+        scores, labels = exact_topk(self.layer.W, self.layer.b, Q, k, square=self.layer.square)
+        return scores, labels, np.full(Q.shape[0], self.n_classes, np.int64)
 
     @cached_property
     def _logit_bound(self) -> tuple[float, float]:
