@@ -6,8 +6,9 @@ speed against exact search measured in the same run.
 
 For every sweep point: P@1, P@10 (against exact top-10), R_true@1/5/10, classes scored per query,
 queries/s at batch 1 and 256 and the speedup over `exact` timed interleaved with it over the same
-distinct batches (median per call after warm-up), build seconds and index bytes; machine, threads and
-dtype are recorded. One JSON file per data set in benchmarks/results/."""
+distinct batches (median per call after warm-up) and, with `timing: {after_layer: true}`, the same with each
+call right after a NumPy product like a model's last layer (*_after_layer); build seconds and index bytes;
+machine, threads, BLAS kernel and dtype are recorded. One JSON file per data set in benchmarks/results/."""
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,7 @@ import yaml
 from tqdm.auto import tqdm
 
 import wolindex
-from wolindex.contrib.timing import compare_speed, machine_info, set_threads
+from wolindex.contrib.timing import compare_speed, machine_info, model_layer, set_threads
 from wolindex.contrib.datasets import load_dataset
 from wolindex.metrics import p_at_k, true_recall_at_k
 
@@ -85,15 +86,17 @@ def run_dataset(cfg: dict, entry: dict, say) -> dict | None:
                                 "build_s": build_s, "index_bytes": index.nbytes(),
                                 "index_over_W": index.nbytes() / W.nbytes, "build_state": state,
                                 **accuracy(index, H, y, k, exact_labels, settings)})
-        for batch, calls in zip(BATCHES, (timing["batch1_calls"], timing["batch256_calls"])):
+        modes = [("", None)] + ([("_after_layer", model_layer(W.shape[1]))] if timing.get("after_layer") else [])
+        for (suffix, before), (batch, calls) in itertools.product(
+                modes, zip(BATCHES, (timing["batch1_calls"], timing["batch256_calls"]))):
             runners = {"exact": partial(exact.search, k=k)}
             for i, settings in enumerate(points):
                 runners[i] = partial(index.search, k=k, **settings)
-            speed = compare_speed(runners, H, batch, calls, warmup=1 if batch > 1 else 3)
+            speed = compare_speed(runners, H, batch, calls, warmup=1 if batch > 1 else 3, before=before)
             for i, row in enumerate(method_rows):
-                row[f"qps_b{batch}"] = speed[i]["qps"]
-                row[f"exact_qps_b{batch}"] = speed["exact"]["qps"]
-                row[f"speedup_b{batch}"] = speed[i]["qps"] / speed["exact"]["qps"]
+                row[f"qps_b{batch}{suffix}"] = speed[i]["qps"]
+                row[f"exact_qps_b{batch}{suffix}"] = speed["exact"]["qps"]
+                row[f"speedup_b{batch}{suffix}"] = speed[i]["qps"] / speed["exact"]["qps"]
         for row in method_rows:
             say(f"  {row['label']:16s} {json.dumps(row['search']):34s} P@1 {row['P@1']:.4f}  "
                 f"R@1 {row['R_true@1']:.4f}  "
@@ -103,7 +106,8 @@ def run_dataset(cfg: dict, entry: dict, say) -> dict | None:
             "dim": W.shape[1], "n_test": n_test, "k": k, "threads": cfg["threads"], "dtype": "float32",
             "timing": {"batches": list(BATCHES), **timing,
                        "protocol": "median per call over distinct batches, each method's sweep points "
-                                   "interleaved with exact in 5 rounds, after warm-up calls"},
+                                   "interleaved with exact in 5 rounds, after warm-up calls; *_after_layer: "
+                                   "each call right after an untimed NumPy product (batch, d) @ (d, 4d)"},
             "reference": ds.reference, "machine": machine_info(),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rows": rows}
 

@@ -33,18 +33,20 @@ def lss_setup():
     return data, index
 
 
-def fake_speed(qps_of):
+def fake_speed(qps_of, exact_qps=1.0):
     """A stand-in for tune.compare_speed giving each runner the qps that qps_of(settings) names (runners
-    are functools.partial(index.search, k=..., **settings)); records what was timed."""
+    are functools.partial(index.search, k=..., **settings)), and exact search's runner exact_qps; records
+    the settings timed."""
     timed = []
 
     def compare_speed(runners, H, batch, n_batches, rounds=5, warmup=2):
         out = {}
         for name, fn in runners.items():
             settings = {key: v for key, v in fn.keywords.items() if key != "k"}
-            timed.append(settings)
-            out[name] = {"batch": batch, "n_batches": n_batches, "median_s": batch / qps_of(settings),
-                         "qps": float(qps_of(settings))}
+            qps = exact_qps if name == "exact" else float(qps_of(settings))
+            if name != "exact":
+                timed.append(settings)
+            out[name] = {"batch": batch, "n_batches": n_batches, "median_s": batch / qps, "qps": qps}
         return out
 
     return compare_speed, timed
@@ -199,3 +201,45 @@ def test_learned_methods_tune_on_their_own_grid(lss_setup, method, monkeypatch):
     _, exact_labels = wolindex.build(data.W, data.b).search(check_half, 1)
     _, labels = index.search(check_half, 5)
     assert p_at_k(labels, exact_labels, 1) >= HELD_OUT_P1[method][0]
+
+
+def test_exact_search_faster_than_every_setting_becomes_the_default(lss_setup, monkeypatch):
+    """When exact search outruns every setting meeting the target, the report says so and search() without
+    settings searches exactly (explicit settings still use the method)."""
+    data, index = lss_setup
+    H = data.H_test
+    grid = [{"n_probe": p} for p in (2, 32)]
+    speed, _ = fake_speed(lambda s: 100.0, exact_qps=1000.0)
+    monkeypatch.setattr(tune_module, "compare_speed", speed)
+    report = index.tune(H, 5, target_p1=0.5, grid=grid, verbose=False)
+    assert report["search_exactly"] and "exact search" in report["verdict"]
+    exact_s, exact_l = wolindex.build(data.W, data.b).search(H, 5)
+    scores, labels, n_scored = index.search(H, 5, return_n_scored=True)
+    np.testing.assert_array_equal(labels, exact_l)
+    assert np.all(n_scored == data.W.shape[0])
+    _, _, n_probe2 = index.search(H, 5, n_probe=2, return_n_scored=True)
+    assert n_probe2.mean() < data.W.shape[0]
+    speed, _ = fake_speed(lambda s: 100.0, exact_qps=10.0)
+    monkeypatch.setattr(tune_module, "compare_speed", speed)
+    report = index.tune(H, 5, target_p1=0.5, grid=grid, verbose=False)
+    assert not report["search_exactly"]
+    _, _, n_scored = index.search(H, 5, return_n_scored=True)
+    assert n_scored.mean() < data.W.shape[0]
+
+
+def test_tune_widens_the_grid_until_the_target_is_met(monkeypatch):
+    """LSS with more buckets than its base grid probes: a target only (nearly) exact search meets is reached
+    by widening n_probe up to every bucket, instead of failing."""
+    from wolindex.contrib.datasets import synthetic
+
+    data = synthetic(n_classes=3000, dim=16, n_train=3000, n_test=300, seed=7)
+    index = wolindex.build(data.W, data.b, method="lss", train=data.H_train, labels=data.y_train, n_buckets=512,
+                           n_tables=1, rounds=0, verbose=False)
+    base = {t["n_probe"] for t in index.method.tuning_grid(5)}
+    assert max(base) < 512
+    speed, _ = fake_speed(lambda s: 1000.0 / s["n_probe"])
+    monkeypatch.setattr(tune_module, "compare_speed", speed)
+    report = index.tune(data.H_test, 5, target_p1=1.0, verbose=False)
+    probes = [t["settings"]["n_probe"] for t in report["tried"]]
+    assert probes[-1] == 512 and report["chosen"]["settings"]["n_probe"] > max(base)
+    assert report["chosen"]["P@1"] == 1.0

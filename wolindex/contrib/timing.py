@@ -14,7 +14,14 @@ import numpy as np
 
 from ..tune import compare_speed
 
-__all__ = ["compare_speed", "machine_info", "numpy_topk", "set_threads"]
+__all__ = ["compare_speed", "machine_info", "model_layer", "numpy_topk", "set_threads"]
+
+
+def model_layer(dim: int, seed: int = 0):
+    """A stand-in for a model's last layer before the head: H (n, dim) -> H @ M, M (dim, 4 dim)
+    float32, one NumPy (BLAS) product, as a forward pass runs right before the head's search."""
+    M = np.random.default_rng(seed).standard_normal((dim, 4 * dim)).astype(np.float32)
+    return lambda H: H @ M
 
 
 def numpy_topk(W: np.ndarray, b: np.ndarray, H: np.ndarray, k: int):
@@ -61,8 +68,9 @@ def machine_info() -> dict:
     try:
         from threadpoolctl import threadpool_info
 
-        info["blas"] = [f"{x['internal_api']} {x.get('version')} ({x['num_threads']} threads)"
-                        for x in threadpool_info() if x["user_api"] == "blas"]
+        info["blas"] = [f"{x['internal_api']} {x.get('version')} {x.get('architecture', '')} "
+                        f"({x['num_threads']} threads)" for x in threadpool_info() if x["user_api"] == "blas"]
+        info["OPENBLAS_CORETYPE"] = os.environ.get("OPENBLAS_CORETYPE", "")
     except ImportError:
         pass
     try:
