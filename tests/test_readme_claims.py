@@ -1,5 +1,6 @@
 """README claims that no other test holds: "Results are sorted best first; ties are broken by the smaller
-class id" for every candidate method (adaptive, ds, lss, faiss-*), on integer layers where ties are real."""
+class id" for every candidate method (adaptive, ds, lss and its screened search, screen and its certified mode,
+faiss-*), on integer layers where ties are real."""
 import numpy as np
 import pytest
 
@@ -22,7 +23,9 @@ EVERYTHING = {
                  [{"mode": "certified"}, {"margin": 1e6}]),
     "ds": ({"train": H_TRAIN, "n_experts": 4, "start_experts": 2, "epochs_per_stage": 1.0, "final_epochs": 1.0,
             "batch_size": 256}, [{"n_probe": 4}]),
-    "lss": ({"train": H_TRAIN, "n_buckets": 8, "n_tables": 2, "rounds": 1}, [{"n_probe": 8}]),
+    "lss": ({"train": H_TRAIN, "n_buckets": 8, "n_tables": 2, "rounds": 1, "screen": True},
+            [{"n_probe": 8}, {"n_probe": 8, "screen": D}]),
+    "screen": ({}, [{"n_candidates": D}, {"mode": "certified"}]),
     # FAISS methods: every list / node, and k_factor * K = D candidates rescored
     "faiss-flat": ({}, [{"k_factor": D // K}]),
     "faiss-ivf": ({"nlist": 8}, [{"n_probe": 8, "k_factor": D // K}]),
@@ -46,7 +49,7 @@ def test_the_data_has_ties_at_the_boundary():
 @pytest.mark.parametrize("method", list(EVERYTHING))
 def test_ties_break_by_smaller_id_when_every_class_is_reached(method):
     index = build(method)
-    paths = ("fused", "grouped") if not method.startswith("faiss") else (None,)
+    paths = ("fused", "grouped") if method in ("adaptive", "ds", "lss") else (None,)
     for settings in EVERYTHING[method][1]:
         for path in paths:
             extra = {"path": path} if path else {}

@@ -162,7 +162,7 @@ def test_certified_candidates_equal_the_numpy_reference():
     W, b = random_layer(900, 20, seed=14)
     H = random_queries(11, 20, seed=15)
     codes = S.ScreenCodes.encode(W, b, W.mean(axis=0))
-    bounds = codes.row_bounds(W, b)
+    bounds = codes.certificate(W, b)
     ids, counts, overflow = S.certified_candidates(codes, bounds, H, 5)
     ref_ids, ref_counts, _ = S.certified_candidates(codes, bounds, H, 5, engine="numpy")
     assert not overflow.any()

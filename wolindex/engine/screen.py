@@ -13,7 +13,9 @@ where err_c = max_j |w_cj - mean_j - scale_c codes_cj| (the row's reconstruction
 |w_c|_2 + |b_c|) of the real one, whatever its summation order. So each class has a lower and an upper bound
 on its float32 score. theta, the k-th best lower bound, is at most the k-th best score; every class whose
 upper bound reaches theta is rescored. The others score strictly below k scores that are rescored, so the
-rescored top-k equals the exact top-k, ties included."""
+rescored top-k equals the exact top-k, ties included. The kernel works the bounds out in float64 only for the
+classes whose float32 approximate score reaches theta minus a per-query bound on every class's margin and
+rounding (query_bounds); the others could not be kept."""
 from __future__ import annotations
 
 import threading
@@ -70,6 +72,11 @@ def from_blocks(blocks: np.ndarray, n: int) -> np.ndarray:
     return blocks.reshape(g, n_quads, 16, 4).transpose(0, 2, 1, 3).reshape(g * 16, n_quads * 4)[:n]
 
 
+def offset_correction(csum: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """scale * 128 * csum in float32, per class: what the queries' +128 offset adds to a scaled integer sum."""
+    return (scale * (np.float32(128) * csum.astype(np.float32))).astype(np.float32)
+
+
 def code_queries(H: np.ndarray, mean: np.ndarray, proj: np.ndarray | None, n_quads: int):
     """H (N, d) float32 -> (quads (N, n_quads) int32: the uint8 codes p + 128 of (proj @) h, four to an int32;
     qscale (N,) f32; qconst (N,) f32 = H . mean; p (N, r) int8)."""
@@ -117,6 +124,7 @@ class ScreenCodes:
         object.__setattr__(self, "csum", csum)
         object.__setattr__(self, "scan_scale", np.pad(self.scale, (0, pad - D)).astype(np.float32))
         object.__setattr__(self, "scan_bias", np.pad(self.bias, (0, pad - D)).astype(np.float32))
+        object.__setattr__(self, "scan_corr", offset_correction(csum, self.scan_scale))
 
     @property
     def n_classes(self) -> int:
@@ -133,17 +141,15 @@ class ScreenCodes:
 
     def nbytes(self) -> int:
         return self.blocks.nbytes + self.scale.nbytes + self.csum.nbytes + self.scan_scale.nbytes + \
-            self.scan_bias.nbytes + (0 if self.proj is None else self.proj.nbytes)
+            self.scan_bias.nbytes + self.scan_corr.nbytes + (0 if self.proj is None else self.proj.nbytes)
 
     def queries(self, H: np.ndarray):
         """H (N, d) float32 -> (quads (N, n_quads) int32, qscale (N,) f32, qconst (N,) f32 = H . mean, p (N, r)
         int8 query codes)."""
         return code_queries(H, self.mean, self.proj, self.blocks.shape[1])
 
-    def row_bounds(self, W: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """(8, ceil(D / 16) * 16) float64 per-row terms of the certified bounds (see the module docstring), zero
-        for the padding rows: scale, max |r| (r = w - mean - scale codes, the reconstruction error), |codes|_1,
-        |w|_2, bias, the float32 rounding factor (d + 2) 2^-24 1.01, |r|_2, |codes|_2."""
+    def certificate(self, W: np.ndarray, b: np.ndarray) -> "Certificate":
+        """The per-row terms of the certified bounds (see the module docstring) for these codes of W's rows."""
         if self.proj is not None:
             raise ValueError("mode: 'certified' needs a screen without projection (rank=None)")
         D, d = W.shape
@@ -151,7 +157,8 @@ class ScreenCodes:
         mean = self.mean.astype(np.float64)
         for lo in range(0, D, ROW_BLOCK):
             hi = min(D, lo + ROW_BLOCK)
-            codes = from_blocks(self.blocks[lo // 16:-(-hi // 16)], hi - lo)[:, :d].astype(np.float64)
+            codes = from_blocks(self.blocks[lo // 16:-(-hi // 16)], hi - (lo // 16) * 16)[lo % 16:, :d]
+            codes = codes.astype(np.float64)
             s = self.scale[lo:hi].astype(np.float64)
             Wf = W[lo:hi].astype(np.float64)
             resid = np.abs(Wf - mean - s[:, None] * codes)
@@ -163,7 +170,29 @@ class ScreenCodes:
             out[7, lo:hi] = np.sqrt((codes * codes).sum(axis=1))
         out[4, :D] = b
         out[5, :D] = (d + 2) * 2.0**-24 * 1.01
-        return out
+        return Certificate(out, D)
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """Per-row terms of the certified bounds, for rows padded to whole blocks (zero for padding): `stats` (8,
+    n_slots) float64 rows: scale, max |r| (r = w - mean - scale codes, the reconstruction error), |codes|_1,
+    |w|_2, bias, the float32 rounding factor (d + 2) 2^-24 1.01, |r|_2, |codes|_2. Derived: the kernels'
+    float32 prefilter terms A = max |r| and B = scale |codes|_1 (rounded up), and the rows' maxima."""
+
+    stats: np.ndarray
+    n_classes: int
+
+    def __post_init__(self):
+        s, err, l1 = self.stats[0], self.stats[1], self.stats[2]
+        up = 1 + 1e-5
+        object.__setattr__(self, "A", (err * up).astype(np.float32))
+        object.__setattr__(self, "B", (s * l1 * up).astype(np.float32))
+        real = self.stats[:, :self.n_classes]
+        object.__setattr__(self, "max", {"err": float(real[1].max(initial=0.0)), "sl1": float((real[0] * real[2]).max(
+            initial=0.0)), "wn": float(real[3].max(initial=0.0)), "b": float(np.abs(real[4]).max(initial=0.0)),
+            "rnd": float(real[5].max(initial=0.0)), "A": float(self.A.max(initial=0.0)),
+            "B": float(self.B.max(initial=0.0))})
 
 
 def _split(N: int, n_blocks: int) -> tuple[int, int]:
@@ -190,18 +219,18 @@ def screen_candidates(codes: ScreenCodes, H: np.ndarray, n_cand: int, engine: st
     n_ranges, run = _split(N, codes.blocks.shape[0])
     out_l = np.empty((N, n_cand), np.int64)
     out_s = np.empty((N, n_cand), np.float32)
-    _kernels().screen_kernel(codes.blocks, codes.csum, codes.scan_scale, codes.scan_bias, quads, qscale, qconst, D,
-                             n_cand, n_ranges, run, out_l, out_s)
+    _kernels().screen_kernel(codes.blocks, codes.scan_corr, codes.scan_scale, codes.scan_bias, quads, qscale, qconst,
+                             D, n_cand, n_ranges, run, out_l, out_s)
     return out_l, out_s
 
 
-def _approx_numpy(codes: ScreenCodes, quads, qscale, qconst) -> np.ndarray:
-    """(N, D) float32 approximate logits, the same float32 operations as the kernels."""
+def _approx_numpy(codes, quads, qscale, qconst) -> np.ndarray:
+    """(N, D) float32 approximate logits, the same float32 operations as the kernels (vnni.block_scores)."""
     D = codes.n_classes
     u8 = quads.view(np.uint8).astype(np.int32)
-    acc = (u8 @ from_blocks(codes.blocks, D).astype(np.int32).T).astype(np.int32)
-    dots = (acc - np.int32(128) * codes.csum[:D]).astype(np.float32)
-    return (qscale[:, None] * (codes.scale[None, :] * dots) + codes.bias[None, :]) + qconst[:, None]
+    acc = (u8 @ from_blocks(codes.blocks, D).astype(np.int32).T).astype(np.float32)
+    corr = offset_correction(codes.csum[:D], codes.scale)
+    return qscale[:, None] * (codes.scale[None, :] * acc - corr[None, :]) + codes.bias[None, :] + qconst[:, None]
 
 
 def screen_topk(W, b, H, k: int, codes: ScreenCodes, n_cand: int, engine: str = "numba"):
@@ -210,32 +239,42 @@ def screen_topk(W, b, H, k: int, codes: ScreenCodes, n_cand: int, engine: str = 
     return rescore_topk(W, b, H, k, ids, engine)
 
 
-def query_bounds(codes: ScreenCodes, H: np.ndarray, p: np.ndarray, qscale: np.ndarray) -> np.ndarray:
-    """(N, 6) float64 per-query terms of the certified bounds: h . mean, qscale, max |e| (e = h - qscale p, the
-    query's quantisation error), |h|_1, |h|_2, |e|_2."""
+def query_bounds(codes: ScreenCodes, cert: Certificate, H: np.ndarray, p: np.ndarray, qscale: np.ndarray,
+                 qconst: np.ndarray) -> np.ndarray:
+    """(N, 7) float64 per-query terms of the certified bounds: h . mean, qscale, max |e| (e = h - qscale p, the
+    query's quantisation error), |h|_1, |h|_2, |e|_2, and the kernels' prefilter slack: a bound on the rest of
+    every class's margin (beyond |h|_1 A + max |e| B) and on the float32 rounding of its approximate score."""
     Hf = H.astype(np.float64)
     e = np.abs(Hf - qscale.astype(np.float64)[:, None] * p)
-    out = np.empty((H.shape[0], 6), np.float64)
+    out = np.empty((H.shape[0], 7), np.float64)
     out[:, 0] = Hf @ codes.mean.astype(np.float64)
     out[:, 1] = qscale
     out[:, 2] = e.max(axis=1)
     out[:, 3] = np.abs(Hf).sum(axis=1)
     out[:, 4] = np.sqrt((Hf * Hf).sum(axis=1))
     out[:, 5] = np.sqrt((e * e).sum(axis=1))
+    m = cert.max
+    hmu, t, eq, n1, n2 = out[:, :5].T
+    rest = m["rnd"] * (n2 * m["wn"] + m["b"]) + 1e-9 * (np.abs(hmu) + 127 * t * m["sl1"] + m["b"]) + \
+        1e-9 * (n1 * m["err"] + eq * m["sl1"])
+    float32_error = 16 * 2.0**-24 * (t * 383 * m["sl1"] + m["b"] + np.abs(qconst) + n1 * m["A"] + eq * m["B"]) + \
+        np.abs(qconst.astype(np.float64) - hmu)
+    out[:, 6] = (rest + float32_error) * (1 + 1e-6)
     return out
 
 
-def certified_candidates(codes: ScreenCodes, row_stats: np.ndarray, H: np.ndarray, k: int, engine: str = "numba"):
+def certified_candidates(codes: ScreenCodes, cert: Certificate, H: np.ndarray, k: int, engine: str = "numba"):
     """Every class whose float32 score can reach the k-th best: ids (N, m) int64 (-1 padding), counts (N,)
     int64, and overflow (N,) bool: queries whose list hit CERTIFIED_CAP (incomplete: search them exactly)."""
-    quads, qscale, _, p = codes.queries(H)
-    q_stats = query_bounds(codes, H, p, qscale)
+    quads, qscale, qconst, p = codes.queries(H)
+    q_stats = query_bounds(codes, cert, H, p, qscale, qconst)
+    row_stats = cert.stats
     N, D = H.shape[0], codes.n_classes
     if engine == "numpy":
         acc = (quads.view(np.uint8).astype(np.int64) @ from_blocks(codes.blocks, D).astype(np.int64).T
                - 128 * codes.csum[:D].astype(np.int64))
         s, err, l1, wn, bc, rnd, r2, c2 = row_stats[:, :D]
-        hmu, t, eq, n1, n2, e2 = (q_stats[:, j:j + 1] for j in range(6))
+        hmu, t, eq, n1, n2, e2 = (q_stats[:, j:j + 1] for j in range(6))   # column 6: the kernels' prefilter
         dot = s * t * acc.astype(np.float64)
         mid = hmu + dot + bc
         margin = (np.minimum(n1 * err, n2 * r2) + s * np.minimum(eq * l1, e2 * c2)) * (1.0 + 1e-9) + \
@@ -250,18 +289,22 @@ def certified_candidates(codes: ScreenCodes, row_stats: np.ndarray, H: np.ndarra
     out_l = np.empty((N, n_ranges * CERTIFIED_CAP), np.int64)
     out_n = np.empty(N, np.int64)
     overflow = np.zeros(N, np.bool_)
-    _kernels().certified_kernel(codes.blocks, codes.csum, row_stats, quads, q_stats, D, k, n_ranges, run,
+    up = np.float32(np.inf)
+    qa = np.nextafter(q_stats[:, 3].astype(np.float32), up)
+    qb = np.nextafter(q_stats[:, 2].astype(np.float32), up)
+    _kernels().certified_kernel(codes.blocks, codes.csum, codes.scan_corr, codes.scan_scale, codes.scan_bias, cert.A,
+                                cert.B, row_stats, quads, qscale, qconst, qa, qb, q_stats, D, k, n_ranges, run,
                                 CERTIFIED_CAP, out_l, out_n, overflow)
     return out_l[:, :max(1, int(out_n.max()))], out_n, overflow
 
 
-def certified_topk(W, b, H, k: int, codes: ScreenCodes, row_stats: np.ndarray, engine: str = "numba"):
+def certified_topk(W, b, H, k: int, codes: ScreenCodes, cert: Certificate, engine: str = "numba"):
     """The exact top-k of H @ W.T + b through the certified screen -> scores, labels, n_scored (N,)."""
     N = H.shape[0]
     scores, labels, n_scored = np.empty((N, k), np.float32), np.empty((N, k), np.int64), np.empty(N, np.int64)
     for lo in range(0, N, CERTIFIED_STEP):
         Hs = H[lo:lo + CERTIFIED_STEP]
-        ids, counts, overflow = certified_candidates(codes, row_stats, Hs, k, engine)
+        ids, counts, overflow = certified_candidates(codes, cert, Hs, k, engine)
         part = rescore_topk(W, b, Hs, k, ids, engine)
         if overflow.any():
             rows = np.flatnonzero(overflow)
@@ -327,6 +370,7 @@ class BucketCodes:
                            .astype(np.float32))
         object.__setattr__(self, "slot_shift", np.where(real, self.bias[np.maximum(slot_class, 0)], -np.inf)
                            .astype(np.float32))
+        object.__setattr__(self, "slot_corr", offset_correction(self.csum, self.slot_scale))
 
     def queries(self, H: np.ndarray):
         """As ScreenCodes.queries (no projection)."""
@@ -334,7 +378,7 @@ class BucketCodes:
 
     def nbytes(self) -> int:
         return self.blocks.nbytes + self.class_scale.nbytes + self.csum.nbytes + self.slot_scale.nbytes + \
-            self.slot_shift.nbytes + self.slot_class.nbytes + self.block_ptr.nbytes
+            self.slot_shift.nbytes + self.slot_corr.nbytes + self.slot_class.nbytes + self.block_ptr.nbytes
 
 
 def screened_candidate_topk(W, b, H, k: int, codes: BucketCodes, probes: np.ndarray, n_cand: int,
@@ -355,9 +399,9 @@ def screened_candidate_topk(W, b, H, k: int, codes: BucketCodes, probes: np.ndar
     else:
         n_parts = max(1, -(-2 * _num_threads() // N)) if N < _num_threads() else 1
         ids = np.empty((N, n_cand), np.int64)
-        _kernels().bucket_screen_kernel(codes.blocks, codes.block_ptr, codes.slot_class, codes.csum, codes.slot_scale,
-                                        codes.slot_shift, quads, qscale, qconst, probes, n_cand, n_parts, ids,
-                                        np.empty((N, n_cand), np.float32))
+        _kernels().bucket_screen_kernel(codes.blocks, codes.block_ptr, codes.slot_class, codes.slot_corr,
+                                        codes.slot_scale, codes.slot_shift, quads, qscale, qconst, probes, n_cand,
+                                        n_parts, ids, np.empty((N, n_cand), np.float32))
     return rescore_topk(W, b, H, k, ids, engine)
 
 

@@ -4,37 +4,25 @@ A work item is (a run of queries, a range of class blocks). It walks its range i
 each chunk against its queries four at a time (vnni.tile4), so a chunk of codes is read from memory once per
 run of queries. Approximate scores feed per-(range, query) heaps; ranges are merged at the end.
 
-The approximate score of class c for query i is ``qscale[i] * (scale[c] * float32(acc - 128 * csum[c]))
-+ shift[c] + qconst[i]`` in float32, acc the tile's integer sum (the - 128 * csum[c] undoes the query's
-+128 offset). No fastmath here: the NumPy reference (screen.py) computes the same float32 values."""
+The approximate score of class c for query i is ``qscale[i] * (scale[c] * float32(acc) - corr[c]) + shift[c]
++ qconst[i]`` in float32 (vnni.block_scores), acc the tile's integer sum and corr[c] = scale[c] * 128 *
+(the sum of c's codes), which undoes the query's +128 offset. No fastmath here: the NumPy reference
+(screen.py) computes the same float32 values."""
 import numpy as np
 from numba import njit, prange
 
 from .heap import clear, offer, offer_unique, write_sorted
-from .vnni import tile
+from .vnni import block_scores, block_upper, tile
 
 CHUNK_BYTES = 256 * 1024   # codes per cache chunk
 
 
 @njit(inline="always")
-def _approx(acc, csum, scale, shift, qs, qc, c):
-    return qs * (scale[c] * np.float32(acc - np.int32(128) * csum[c])) + shift[c] + qc
-
-
-@njit(inline="always")
-def _offer_block(acc_row, g, n_classes, csum, scale, shift, qs, qc, s, lab, vals):
-    """Offer block g's 16 classes (acc_row: their integer sums for one query) to that query's heap (s, lab):
-    all 16 scores first (vectorised), then one comparison with the heap's worst decides whether any is
-    offered."""
-    c0 = 16 * g
-    best = np.float32(-np.inf)
+def _offer_masked(vals_row, bits, c0, n_classes, s, lab):
+    """Offer the classes c0 + j whose bit j is set (their scores vals_row[j]) to the heap (s, lab)."""
     for j in range(16):
-        v = _approx(acc_row[j], csum, scale, shift, qs, qc, c0 + j)
-        vals[j] = v
-        best = max(best, v)
-    if best >= s[0]:
-        for j in range(min(16, n_classes - c0)):
-            offer(s, lab, vals[j], c0 + j)
+        if (bits >> j) & 1 and c0 + j < n_classes:
+            offer(s, lab, vals_row[j], c0 + j)
 
 
 @njit(inline="always")
@@ -56,13 +44,13 @@ def _work_item(item, n_ranges, run, N, n_blocks):
 
 
 @njit(parallel=True, cache=True)
-def screen_kernel(blocks, csum, scale, shift, quads, qscale, qconst, n_classes, n_cand, n_ranges, run,
+def screen_kernel(blocks, corr, scale, shift, quads, qscale, qconst, n_classes, n_cand, n_ranges, run,
                   out_l, out_s):
     """Each query's n_cand best classes by approximate score.
 
-    blocks (n_blocks, n_quads, 64) int8, csum / scale / shift (n_blocks * 16,) int32 / f32 / f32, quads
-    (N, n_quads) int32, qscale / qconst (N,) f32 -> out_l (N, n_cand) int64 class ids (-1 padding) and out_s
-    (N, n_cand) f32 approximate scores, best first. Queries go in runs of `run`, classes in n_ranges ranges."""
+    blocks (n_blocks, n_quads, 64) int8, corr / scale / shift (n_blocks * 16,) f32, quads (N, n_quads) int32,
+    qscale / qconst (N,) f32 -> out_l (N, n_cand) int64 class ids (-1 padding) and out_s (N, n_cand) f32
+    approximate scores, best first. Queries go in runs of `run`, classes in n_ranges ranges."""
     N = quads.shape[0]
     n_blocks = blocks.shape[0]
     hs = np.empty((n_ranges, N, n_cand), np.float32)
@@ -73,7 +61,9 @@ def screen_kernel(blocks, csum, scale, shift, quads, qscale, qconst, n_classes, 
         r = item % n_ranges
         q_lo, q_hi, g_lo, g_hi = _work_item(item, n_ranges, run, N, n_blocks)
         acc = np.empty((8, 16), np.int32)
-        vals = np.empty(16, np.float32)
+        vals = np.empty((8, 16), np.float32)
+        mask = np.empty(8, np.int32)
+        worst = np.empty(4, np.float32)
         for i in range(q_lo, q_hi):
             clear(hs[r, i], hl[r, i])
         for c0 in range(g_lo, g_hi, chunk):
@@ -85,9 +75,12 @@ def screen_kernel(blocks, csum, scale, shift, quads, qscale, qconst, n_classes, 
                     n_q, n_b = _tile_shape(q, q_hi, g, c1)
                     tile(n_q, n_b, blocks, g, quads, q, acc)
                     for i in range(n_q):
-                        for a in range(n_b):
-                            _offer_block(acc[i * n_b + a], g + a, n_classes, csum, scale, shift, qscale[q + i],
-                                         qconst[q + i], hs[r, q + i], hl[r, q + i], vals)
+                        worst[i] = hs[r, q + i, 0]
+                    block_scores(n_q, n_b, acc, g, scale, corr, shift, qscale, qconst, q, worst, vals, mask)
+                    for t in range(n_q * n_b):
+                        if mask[t]:
+                            i = t // n_b
+                            _offer_masked(vals[t], mask[t], 16 * (g + t % n_b), n_classes, hs[r, q + i], hl[r, q + i])
                     g += n_b
                 q += n_q
     for i in prange(N):
@@ -98,52 +91,41 @@ def screen_kernel(blocks, csum, scale, shift, quads, qscale, qconst, n_classes, 
 
 
 @njit(inline="always")
-def _bound_block(acc_row, g, n_classes, csum, row_stats, q_stats, qi, low_s, low_l, kept, kept_up, n_kept, overflow,
-                 lo, up):
-    """Certified screen, block g (16 classes) for query qi: offer each class's lower bound to the query's heap
-    of the k best lower bounds, then keep the class (with its upper bound) when its upper bound reaches the
-    heap's worst (the k-th best lower bound so far). Bounds of all 16 classes first (vectorised)."""
-    c0 = 16 * g
-    hmu, t, eq, n1, n2, e2 = (q_stats[qi, 0], q_stats[qi, 1], q_stats[qi, 2], q_stats[qi, 3], q_stats[qi, 4],
-                              q_stats[qi, 5])
-    best_up = -np.inf
-    for j in range(16):
-        c = c0 + j
-        s = row_stats[0, c]
-        bc = row_stats[4, c]
-        dot = s * t * np.float64(acc_row[j] - np.int32(128) * csum[c])
-        mid = hmu + dot + bc
-        margin = ((min(n1 * row_stats[1, c], n2 * row_stats[6, c])
-                   + s * min(eq * row_stats[2, c], e2 * row_stats[7, c])) * (1.0 + 1e-9)
-                  + row_stats[5, c] * (n2 * row_stats[3, c] + abs(bc))
-                  + 1e-9 * (abs(hmu) + abs(dot) + abs(bc)))
-        lo[j] = mid - margin
-        up[j] = mid + margin
-        best_up = max(best_up, up[j])
-    if best_up < low_s[qi, 0]:
-        return
-    n_real = min(16, n_classes - c0)
-    for j in range(n_real):
-        offer(low_s[qi], low_l[qi], lo[j], c0 + j)
-    for j in range(n_real):
-        if up[j] >= low_s[qi, 0]:
-            m = n_kept[qi]
-            if m < kept.shape[1]:
-                kept[qi, m] = c0 + j
-                kept_up[qi, m] = up[j]
-                n_kept[qi] = m + 1
-            else:
-                overflow[qi] = True
+def _bound_class(acc, c, csum, row_stats, q_stats, qi, low_s, low_l, kept, kept_up, n_kept, overflow):
+    """Certified screen, class c for query qi: offer its lower bound to the query's heap of the k best lower
+    bounds, then keep the class (with its upper bound) when its upper bound reaches the heap's worst (the
+    k-th best lower bound so far). float64 throughout."""
+    s = row_stats[0, c]
+    bc = row_stats[4, c]
+    dot = s * q_stats[qi, 1] * np.float64(acc - np.int32(128) * csum[c])
+    mid = q_stats[qi, 0] + dot + bc
+    margin = ((min(q_stats[qi, 3] * row_stats[1, c], q_stats[qi, 4] * row_stats[6, c])
+               + s * min(q_stats[qi, 2] * row_stats[2, c], q_stats[qi, 5] * row_stats[7, c])) * (1.0 + 1e-9)
+              + row_stats[5, c] * (q_stats[qi, 4] * row_stats[3, c] + abs(bc))
+              + 1e-9 * (abs(q_stats[qi, 0]) + abs(dot) + abs(bc)))
+    offer(low_s[qi], low_l[qi], mid - margin, c)
+    if mid + margin >= low_s[qi, 0]:
+        m = n_kept[qi]
+        if m < kept.shape[1]:
+            kept[qi, m] = c
+            kept_up[qi, m] = mid + margin
+            n_kept[qi] = m + 1
+        else:
+            overflow[qi] = True
 
 
 @njit(parallel=True, cache=True)
-def certified_kernel(blocks, csum, row_stats, quads, q_stats, n_classes, k, n_ranges, run, cap, out_l, out_n,
-                     overflow):
+def certified_kernel(blocks, csum, corr, scale, shift, A, B, row_stats, quads, qscale, qconst, qa, qb, q_stats,
+                     n_classes, k, n_ranges, run, cap, out_l, out_n, overflow):
     """Every class whose score can still reach the k-th best (see screen.py for the bounds).
 
-    row_stats (8, n_blocks * 16) f64 and q_stats (N, 6) f64: the terms of the bounds (screen.row_bounds,
-    screen.query_bounds). Writes out_l (N, n_ranges * cap) int64 (-1 padding) and out_n (N,) int64, how many; a
-    query with more than `cap` kept classes in a range gets overflow[i] = True (its list is then incomplete)."""
+    row_stats (8, n_blocks * 16) f64 and q_stats (N, 7) f64: the terms of the bounds (screen.Certificate,
+    screen.query_bounds); corr / scale / shift and qscale / qconst as in screen_kernel. A class is looked at
+    in float64 only when its float32 approximate score plus qa * A[c] + qb * B[c] (a bound on most of its
+    margin) reaches the query's k-th best lower bound minus q_stats[:, 6] (the rest of the margin and the
+    float32 rounding): the others cannot be kept.
+    Writes out_l (N, n_ranges * cap) int64 (-1 padding) and out_n (N,) int64, how many; a query with more
+    than `cap` kept classes in a range gets overflow[i] = True (its list is then incomplete)."""
     N = quads.shape[0]
     n_blocks = blocks.shape[0]
     low_s = np.empty((n_ranges, N, k), np.float64)
@@ -158,8 +140,9 @@ def certified_kernel(blocks, csum, row_stats, quads, q_stats, n_classes, k, n_ra
         r = item % n_ranges
         q_lo, q_hi, g_lo, g_hi = _work_item(item, n_ranges, run, N, n_blocks)
         acc = np.empty((8, 16), np.int32)
-        lo = np.empty(16, np.float64)
-        up = np.empty(16, np.float64)
+        vals = np.empty((8, 16), np.float32)
+        mask = np.empty(8, np.int32)
+        worst = np.empty(4, np.float32)
         for i in range(q_lo, q_hi):
             clear(low_s[r, i], low_l[r, i])
         for c0 in range(g_lo, g_hi, chunk):
@@ -171,53 +154,53 @@ def certified_kernel(blocks, csum, row_stats, quads, q_stats, n_classes, k, n_ra
                     n_q, n_b = _tile_shape(q, q_hi, g, c1)
                     tile(n_q, n_b, blocks, g, quads, q, acc)
                     for i in range(n_q):
-                        for a in range(n_b):
-                            _bound_block(acc[i * n_b + a], g + a, n_classes, csum, row_stats, q_stats, q + i,
-                                         low_s[r], low_l[r], kept[r], kept_up[r], n_kept[r], flags[r], lo, up)
+                        w = low_s[r, q + i, 0] - q_stats[q + i, 6]
+                        worst[i] = np.float32(w - abs(w) * 1e-6)
+                    block_upper(n_q, n_b, acc, g, scale, corr, shift, qscale, qconst, A, B, qa, qb, q, worst, vals,
+                                mask)
+                    for t in range(n_q * n_b):
+                        bits = mask[t]
+                        c_first = 16 * (g + t % n_b)
+                        for j in range(16):
+                            if (bits >> j) & 1 and c_first + j < n_classes:
+                                _bound_class(acc[t, j], c_first + j, csum, row_stats, q_stats, q + t // n_b,
+                                             low_s[r], low_l[r], kept[r], kept_up[r], n_kept[r], flags[r])
                     g += n_b
                 q += n_q
     for i in prange(N):
-        for r in range(1, n_ranges):
-            for t in range(k):
-                offer(low_s[0, i], low_l[0, i], low_s[r, i, t], low_l[r, i, t])
-        theta = low_s[0, i, 0]
-        m = 0
-        for r in range(n_ranges):
-            overflow[i] |= flags[r, i]
-            for t in range(n_kept[r, i]):
-                if kept_up[r, i, t] >= theta:
-                    out_l[i, m] = kept[r, i, t]
-                    m += 1
-        out_n[i] = m
-        for t in range(m, out_l.shape[1]):
-            out_l[i, t] = -1
+        _certified_merge(i, low_s, low_l, kept, kept_up, n_kept, flags, out_l, out_n, overflow)
 
 
 @njit(inline="always")
-def _offer_slots(acc_row, g, slot_class, csum, scale, shift, qs, qc, s, lab, vals):
-    """_offer_block for codes stored bucket by bucket: slot 16 * g + j holds class slot_class[...] (-1: padding,
-    whose shift is -inf); a class met twice (overlapping buckets) is kept once."""
-    c0 = 16 * g
-    best = np.float32(-np.inf)
-    for j in range(16):
-        v = _approx(acc_row[j], csum, scale, shift, qs, qc, c0 + j)
-        vals[j] = v
-        best = max(best, v)
-    if best >= s[0]:
-        for j in range(16):
-            if slot_class[c0 + j] >= 0:
-                offer_unique(s, lab, vals[j], slot_class[c0 + j])
+def _certified_merge(i, low_s, low_l, kept, kept_up, n_kept, flags, out_l, out_n, overflow):
+    """Query i: theta, the k-th best lower bound over all ranges, then every kept class whose upper bound
+    reaches it, to out_l[i] (out_n[i] of them, -1 after)."""
+    for r in range(1, low_s.shape[0]):
+        for t in range(low_s.shape[2]):
+            offer(low_s[0, i], low_l[0, i], low_s[r, i, t], low_l[r, i, t])
+    theta = low_s[0, i, 0]
+    m = 0
+    for r in range(low_s.shape[0]):
+        overflow[i] |= flags[r, i]
+        for t in range(n_kept[r, i]):
+            if kept_up[r, i, t] >= theta:
+                out_l[i, m] = kept[r, i, t]
+                m += 1
+    out_n[i] = m
+    for t in range(m, out_l.shape[1]):
+        out_l[i, t] = -1
 
 
 @njit(parallel=True, cache=True)
-def bucket_screen_kernel(blocks, block_ptr, slot_class, csum, scale, shift, quads, qscale, qconst, probes, n_cand,
+def bucket_screen_kernel(blocks, block_ptr, slot_class, corr, scale, shift, quads, qscale, qconst, probes, n_cand,
                          n_parts, out_l, out_s):
     """Each query's n_cand best classes by approximate score among its probed buckets.
 
     blocks (n_blocks, n_quads, 64) int8 hold the buckets' codes, bucket p in blocks block_ptr[p]:block_ptr[p + 1];
-    slot_class / csum / scale / shift (n_blocks * 16,) per slot; probes (N, m) int32 bucket ids (-1: none). Each
-    query's probed blocks are cut into n_parts shares scored in parallel, then merged. Writes out_l (N, n_cand)
-    int64 class ids (-1 padding) and out_s (N, n_cand) f32 approximate scores, best first."""
+    slot_class / corr / scale / shift (n_blocks * 16,) per slot (padding: class -1, shift -inf); probes (N, m)
+    int32 bucket ids (-1: none). Each query's probed blocks are cut into n_parts shares scored in parallel,
+    then merged; a class met twice (overlapping buckets) is kept once. Writes out_l (N, n_cand) int64 class
+    ids (-1 padding) and out_s (N, n_cand) f32 approximate scores, best first."""
     N = quads.shape[0]
     hs = np.empty((N, n_parts, n_cand), np.float32)
     hl = np.empty((N, n_parts, n_cand), np.int64)
@@ -235,21 +218,27 @@ def bucket_screen_kernel(blocks, block_ptr, slot_class, csum, scale, shift, quad
         lo = part * share
         hi = min(total, lo + share)
         acc = np.empty((8, 16), np.int32)
-        vals = np.empty(16, np.float32)
+        vals = np.empty((8, 16), np.float32)
+        mask = np.empty(8, np.int32)
+        worst = np.empty(4, np.float32)
         seen = 0
         for p in probes[i]:
             if p < 0:
                 continue
             g0 = block_ptr[p]
             size = block_ptr[p + 1] - g0
-            a = max(lo, seen) - seen
-            z = min(hi, seen + size) - seen
-            g = g0 + a
-            while g < g0 + z:
-                n_b = 4 if g + 4 <= g0 + z else 1
+            g = g0 + max(lo, seen) - seen
+            end = g0 + min(hi, seen + size) - seen
+            while g < end:
+                n_b = 4 if g + 4 <= end else 1
                 tile(1, n_b, blocks, g, quads, i, acc)
-                for t in range(n_b):
-                    _offer_slots(acc[t], g + t, slot_class, csum, scale, shift, qscale[i], qconst[i], s, lab, vals)
+                worst[0] = s[0]
+                block_scores(1, n_b, acc, g, scale, corr, shift, qscale, qconst, i, worst, vals, mask)
+                for a in range(n_b):
+                    bits = mask[a]
+                    for j in range(16):
+                        if (bits >> j) & 1 and slot_class[16 * (g + a) + j] >= 0:
+                            offer_unique(s, lab, vals[a, j], slot_class[16 * (g + a) + j])
                 g += n_b
             seen += size
     for i in prange(N):

@@ -86,6 +86,108 @@ def _make_vnni_tile(n_queries: int, n_blocks: int):
     return tile
 
 
+_F32 = ir.FloatType()
+_VF = ir.VectorType(_F32, 16)
+
+
+def _make_scores(n_queries: int, n_blocks: int, with_margin: bool = False):
+    """An intrinsic scores(acc, g, scale, corr, shift, qscale, qconst, q0, worst, vals, mask): for query q0 + i
+    and block g + a (row t = i * n_blocks + a of acc), the approximate scores of the block's 16 classes c,
+    ``qscale[q0 + i] * (scale[c] * float32(acc[t]) - corr[c]) + shift[c] + qconst[q0 + i]``, to vals[t], and
+    mask[t] = the bits of the classes whose score is >= worst[i]. Plain LLVM vector operations in this order
+    (no fused multiply-add), so NumPy's float32 arithmetic gives the same values; legal on any CPU.
+
+    with_margin: two more per-class arrays A, B and per-query arrays qa, qb after qconst; the mask then
+    compares score + (qa[q] * A[c] + qb[q] * B[c]) with worst (vals still get the score)."""
+    n_args = 15 if with_margin else 11
+
+    def codegen(context, builder, signature, values):
+        arrays = {i: context.make_array(signature.args[i])(context, builder, values[i])
+                  for i in range(n_args) if i not in (1, n_args - 4)}
+        acc_a, scale_a, corr_a, shift_a, qs_a, qc_a = (arrays[i] for i in (0, 2, 3, 4, 5, 6))
+        worst_a, vals_a, mask_a = (arrays[i] for i in (n_args - 3, n_args - 2, n_args - 1))
+        g_val, q0_val = values[1], values[n_args - 4]
+        acc_ptr = builder.bitcast(acc_a.data, _V16.as_pointer())
+        vals_ptr = builder.bitcast(vals_a.data, _VF.as_pointer())
+        mask_ptr = builder.bitcast(mask_a.data, _I32.as_pointer())
+
+        def row_vector(arr, a):
+            ptr = builder.bitcast(arr.data, _F32.as_pointer())
+            first = builder.mul(builder.add(g_val, ir.Constant(g_val.type, a)), ir.Constant(g_val.type, 16))
+            return builder.load(builder.bitcast(builder.gep(ptr, [first]), _VF.as_pointer()), align=4)
+
+        def splat(arr, index):
+            value = builder.load(builder.gep(builder.bitcast(arr.data, _F32.as_pointer()), [index]))
+            vec = builder.insert_element(ir.Constant(_VF, None), value, ir.Constant(_I32, 0))
+            return builder.shuffle_vector(vec, ir.Constant(_VF, None), ir.Constant(_V16, [0] * 16))
+
+        per_class = (scale_a, corr_a, shift_a) + ((arrays[7], arrays[8]) if with_margin else ())
+        rows = [tuple(row_vector(arr, a) for arr in per_class) for a in range(n_blocks)]
+        for i in range(n_queries):
+            q = builder.add(q0_val, ir.Constant(q0_val.type, i))
+            qs, qc, w = splat(qs_a, q), splat(qc_a, q), splat(worst_a, ir.Constant(_I32, i))
+            if with_margin:
+                qa, qb = splat(arrays[9], q), splat(arrays[10], q)
+            for a, row in enumerate(rows):
+                t = i * n_blocks + a
+                acc = builder.load(builder.gep(acc_ptr, [ir.Constant(_I32, t)]), align=4)
+                v = builder.fsub(builder.fmul(row[0], builder.sitofp(acc, _VF)), row[1])
+                v = builder.fadd(builder.fadd(builder.fmul(qs, v), row[2]), qc)
+                builder.store(v, builder.gep(vals_ptr, [ir.Constant(_I32, t)]), align=4)
+                if with_margin:
+                    v = builder.fadd(v, builder.fadd(builder.fmul(qa, row[3]), builder.fmul(qb, row[4])))
+                bits = builder.bitcast(builder.fcmp_ordered(">=", v, w), ir.IntType(16))
+                builder.store(builder.zext(bits, _I32), builder.gep(mask_ptr, [ir.Constant(_I32, t)]))
+        return context.get_dummy_value()
+
+    if with_margin:
+        @intrinsic
+        def scores(typingctx, acc, g, scale, corr, shift, qscale, qconst, A, B, qa, qb, q0, worst, vals, mask):
+            sig = types.void(acc, g, scale, corr, shift, qscale, qconst, A, B, qa, qb, q0, worst, vals, mask)
+            return sig, codegen
+    else:
+        @intrinsic
+        def scores(typingctx, acc, g, scale, corr, shift, qscale, qconst, q0, worst, vals, mask):
+            return types.void(acc, g, scale, corr, shift, qscale, qconst, q0, worst, vals, mask), codegen
+
+    return scores
+
+
+_SHAPES = ((1, 1), (1, 4), (4, 1), (4, 2))
+_s11, _s14, _s41, _s42 = (_make_scores(*shape) for shape in _SHAPES)
+_m11, _m14, _m41, _m42 = (_make_scores(*shape, with_margin=True) for shape in _SHAPES)
+
+
+@njit(inline="always")
+def block_scores(n_queries, n_blocks, acc, g, scale, corr, shift, qscale, qconst, q0, worst, vals, mask):
+    """The approximate scores and the threshold masks of a tile's acc (see _make_scores); (n_queries,
+    n_blocks) in TILES. scale / corr / shift: float32 per class slot; arrays C-contiguous."""
+    if n_queries == 1:
+        if n_blocks == 1:
+            _s11(acc, g, scale, corr, shift, qscale, qconst, q0, worst, vals, mask)
+        else:
+            _s14(acc, g, scale, corr, shift, qscale, qconst, q0, worst, vals, mask)
+    elif n_blocks == 1:
+        _s41(acc, g, scale, corr, shift, qscale, qconst, q0, worst, vals, mask)
+    else:
+        _s42(acc, g, scale, corr, shift, qscale, qconst, q0, worst, vals, mask)
+
+
+@njit(inline="always")
+def block_upper(n_queries, n_blocks, acc, g, scale, corr, shift, qscale, qconst, A, B, qa, qb, q0, worst, vals,
+                mask):
+    """block_scores whose mask compares score + qa[q] * A[c] + qb[q] * B[c] with worst (_make_scores)."""
+    if n_queries == 1:
+        if n_blocks == 1:
+            _m11(acc, g, scale, corr, shift, qscale, qconst, A, B, qa, qb, q0, worst, vals, mask)
+        else:
+            _m14(acc, g, scale, corr, shift, qscale, qconst, A, B, qa, qb, q0, worst, vals, mask)
+    elif n_blocks == 1:
+        _m41(acc, g, scale, corr, shift, qscale, qconst, A, B, qa, qb, q0, worst, vals, mask)
+    else:
+        _m42(acc, g, scale, corr, shift, qscale, qconst, A, B, qa, qb, q0, worst, vals, mask)
+
+
 @njit(inline="always")
 def generic_tile(blocks, g, quads, q0, n_queries, n_blocks, out):
     """The tile in plain Numba (any CPU): the same int32 results as the VNNI tile."""

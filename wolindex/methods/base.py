@@ -36,6 +36,7 @@ def check_state_int(state: dict[str, Any], name: str, low: int, high: int | None
 
 
 SCREEN_ARRAYS = ("screen_blocks", "screen_scale", "screen_mean")   # a bucket method's optional int8 codes
+SCREEN_GRID = (16, 32)   # classes rescored after the screen, in tuning grids
 
 
 def doubling(start: int, stop: int) -> list[int]:
@@ -146,6 +147,13 @@ class BucketMethod(Method):
         if (blocks == -128).any() or (scale < 0).any():
             raise ValueError("arrays: screen_blocks must hold codes in [-127, 127] and screen_scale be >= 0")
         return BucketCodes(blocks, scale, mean, self.buckets, layer.b)
+
+    def screened(self, grid: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A tuning grid, and with screening codes each of its settings with screen=n for n in SCREEN_GRID
+        as well (the routing setting and the number rescored chosen together)."""
+        if self.screen_codes is None:
+            return grid
+        return grid + [{**g, "screen": n} for g in grid for n in SCREEN_GRID]
 
     def check_arrays(self, specs: dict[str, tuple],
                      others: tuple | None = ("indptr", "indices", *SCREEN_ARRAYS)) -> None:

@@ -173,8 +173,9 @@ class DSSoftmax(BucketMethod):
                               screen=params.screen)
 
     def tuning_grid(self, k):
-        return [{"n_probe": m} for m in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32) if m <= self.buckets.n_buckets]
+        probes = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+        return self.screened([{"n_probe": m} for m in probes if m <= self.buckets.n_buckets])
 
     def wider_grid(self, k):
         """n_probe doubling from 64 up to every expert (exact search)."""
-        return [{"n_probe": m} for m in doubling(64, self.buckets.n_buckets)]
+        return self.screened([{"n_probe": m} for m in doubling(64, self.buckets.n_buckets)])

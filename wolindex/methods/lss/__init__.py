@@ -135,11 +135,11 @@ class LSS(BucketMethod):
 
     def tuning_grid(self, k):
         B = self.state["n_buckets"]
-        return [{"n_probe": p} for p in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) if p <= B]
+        return self.screened([{"n_probe": p} for p in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) if p <= B])
 
     def wider_grid(self, k):
         """n_probe doubling from 128 up to every bucket (exact search)."""
-        return [{"n_probe": p} for p in doubling(128, self.state["n_buckets"])]
+        return self.screened([{"n_probe": p} for p in doubling(128, self.state["n_buckets"])])
 
 
 def _build_table(layer, params, train, y, B, cap, seed, rng, tick):

@@ -105,15 +105,15 @@ class Screen(Method):
         return cls(layer, arrays, state)
 
     @cached_property
-    def _row_bounds(self) -> np.ndarray:
-        return self.codes.row_bounds(self.layer.W, self.layer.b)
+    def _certificate(self):
+        return self.codes.certificate(self.layer.W, self.layer.b)
 
     def search(self, layer, H, k, params):
         """H (N, d) float32 -> scores (N, k), labels (N, k), n_scored (N,): exact logits of the rescored classes."""
         if params.mode == "certified":
             if self.codes.proj is not None:
                 raise ValueError("mode: 'certified' needs a screen built with rank=None (no projection)")
-            return engine_screen.certified_topk(layer.W, layer.b, H, k, self.codes, self._row_bounds, params.engine)
+            return engine_screen.certified_topk(layer.W, layer.b, H, k, self.codes, self._certificate, params.engine)
         return engine_screen.screen_topk(layer.W, layer.b, H, k, self.codes, max(k, params.n_candidates),
                                          params.engine)
 
