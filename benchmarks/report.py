@@ -30,12 +30,22 @@ RECALL_GAPS = (0.02, 0.01, 0.005)
 
 # the summary table (README and BENCHMARKS.md): these configs' newest runs on this dataset, these targets
 SUMMARY_DATASET = "debian-lm-100k"
-SUMMARY_CONFIGS = ("full", "adaptive", "lss", "ds", "ds-more")
+SUMMARY_CONFIGS = ("full", "adaptive", "lss", "ds", "ds-more", "screen")
 SUMMARY_P1 = (0.9, 0.95, 0.99)
 SUMMARY_RECALL_GAP = 0.005
 # the sweeps of benchmarks/run.py shown in full in BENCHMARKS.md, by block name (= config-dataset)
 RUN_BLOCKS = ("full-debian-lm-100k", "adaptive-debian-lm-100k", "lss-debian-lm-100k", "ds-debian-lm-100k",
-              "ds-more-debian-lm-100k", "full-debian-cbow")
+              "ds-more-debian-lm-100k", "full-debian-cbow", "screen-debian-lm-100k")
+
+
+def summary_key(row: dict) -> str:
+    """The summary's name for a result row: its method, '+ screen' when its search screened with int8
+    codes, the screen's certified mode apart."""
+    if row["search"].get("screen"):
+        return f"{row['method']} + screen"
+    if row["method"] == "screen" and row["search"].get("mode") == "certified":
+        return "screen (certified)"
+    return row["method"]
 
 
 def source_link(path: Path) -> str:
@@ -72,6 +82,9 @@ def table(result: dict, source: str) -> str:
                      f"{r['index_over_W']:.2f} |")
     lines += ["", "Best speedup over exact at a P@1 floor (batch 1 / batch 256; - where the sweep never reaches it):",
               ""] + floor_table(result["rows"], "P@1", THRESHOLDS)
+    if "speedup_b1_after_layer" in result["rows"][0]:
+        lines += ["", "The same, each call timed right after an untimed NumPy product (batch, d) @ (d, 4d), as after a "
+                      "model's last layer:", ""] + floor_table(result["rows"], "P@1", THRESHOLDS, suffix="_after_layer")
     lines += build_lines(result["rows"])
     reference = result.get("reference", {}).get("R_true@1")
     if reference:
@@ -94,20 +107,20 @@ def build_lines(rows: list) -> list[str]:
     return lines
 
 
-def floor_table(rows: list, metric: str, floors, key: str = "label") -> list[str]:
-    """Markdown lines: per method label (or `key`), the best batch-1 / batch-256 speedup among its rows
-    whose metric reaches each floor."""
+def floor_table(rows: list, metric: str, floors, key: str = "label", suffix: str = "") -> list[str]:
+    """Markdown lines: per method label (or `key`), the best batch-1 / batch-256 speedup (speedup_b1{suffix},
+    speedup_b256{suffix}) among its rows whose metric reaches each floor."""
     lines = [f"| {'method' if key == 'label' else key} | " + " | ".join(f"{metric} >= {f}" for f in floors) + " |",
              "|---|" + "---:|" * len(floors)]
     for label in dict.fromkeys(r[key] for r in rows):
         mine = [r for r in rows if r[key] == label]
-        lines.append(f"| {label} | " + " | ".join(floor_cell(mine, metric, f) for f in floors) + " |")
+        lines.append(f"| {label} | " + " | ".join(floor_cell(mine, metric, f, suffix) for f in floors) + " |")
     return lines
 
 
-def floor_cell(rows: list, metric: str, floor: float) -> str:
-    best = [best_speedup(rows, metric, floor, f"speedup_b{b}") for b in (1, 256)]
-    return " / ".join(f"x{r[f'speedup_b{b}']:.2f}" if r else "-" for r, b in zip(best, (1, 256)))
+def floor_cell(rows: list, metric: str, floor: float, suffix: str = "") -> str:
+    best = [best_speedup(rows, metric, floor, f"speedup_b{b}{suffix}") for b in (1, 256)]
+    return " / ".join(f"x{r[f'speedup_b{b}{suffix}']:.2f}" if r else "-" for r, b in zip(best, (1, 256)))
 
 
 def run_block(path: Path) -> str:
@@ -130,6 +143,7 @@ def summary_block(results: Path = RESULTS) -> str:
     for path, result in runs:
         for r in result["rows"]:
             if r["method"] != "exact":
+                r = {**r, "method": summary_key(r)}
                 rows.append(r)
                 sources.setdefault(r["method"], []).append(path)
     sources = {m: list(dict.fromkeys(ps)) for m, ps in sources.items()}
@@ -233,6 +247,71 @@ def ds_coverage_block(path: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def screen_kernel_block(path: Path) -> str:
+    """benchmarks/screen_kernel.py: the screen's scan kernel against the VNNI peak."""
+    r = json.loads(path.read_text())
+    peak = f"{r['peak_gmac_per_s']:.0f}" if r["peak_gmac_per_s"] else "unknown"
+    lines = [f"{r['dataset']} (D={r['n_classes']:,}, d={r['dim']}), top-{r['candidates']} kept, "
+             f"{r['threads']} threads, {r['machine']['cpu']}, tile: {r['tile']}; peak {peak} GMAC/s ({r['peak_rule']}, "
+             f"{r['nominal_ghz']} GHz); {r['vpdpbusd_zmm_in_asm']} `vpdpbusd` instructions on zmm registers in the "
+             f"kernel's assembly; from {source_link(path)}.", "",
+             "| batch | ms per call | int8 GMAC/s | share of peak | codes GB/s |", "|---:|---:|---:|---:|---:|"]
+    for row in r["rows"]:
+        share = f"{row['share_of_peak']:.1%}" if row["share_of_peak"] is not None else "-"
+        lines.append(f"| {row['batch']} | {row['median_ms']:.3f} | {row['gmac_per_s']:.1f} | {share} | "
+                     f"{row['codes_gb_per_s']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def blas_spin_block(path: Path) -> str:
+    """benchmarks/blas_spin.py: batch-1 searches clean and right after a BLAS product, per option."""
+    r = json.loads(path.read_text())
+    base = r["default"]
+    modes = list(base["ms"])
+    lines = [f"{base['dataset']}, batch 1, k=10, {base['machine']['numba_threads']} threads, {base['machine']['cpu']}, "
+             f"BLAS {', '.join(base['machine']['blas'])}; the layer: {base['layer']}; median ms per search "
+             f"(interleaved, after warm-up); from {source_link(path)}.", "",
+             "| search | " + " | ".join(modes) + " |", "|---|" + "---:|" * len(modes)]
+    for run, res in r.items():
+        if run == "date":
+            continue
+        for name in res["ms"][modes[0]]:
+            label = name if run == "default" else f"{name}, {run}"
+            lines.append(f"| {label} | " + " | ".join(f"{res['ms'][m][name]:.2f}" for m in modes) + " |")
+    lines += ["", "The layer's own product: " + ", ".join(f"{r[run]['layer_ms']:.3f} ms ({run})" for run in r
+                                                        if run != "date") + "."]
+    return "\n".join(lines) + "\n"
+
+
+def generate_block(path: Path) -> str:
+    """benchmarks/generate.py: end-to-end decoding, exact head against indexed heads; sampling distances."""
+    r = json.loads(path.read_text())
+    a = r["args"]
+    lines = [f"{r['dataset']}, {a['prompts']} prompts x {a['new_tokens']} new tokens, greedy, {r['threads']} "
+             f"threads (torch {r['torch']['version']}, Numba, BLAS), {r['machine']['cpu']}; {r['protocol']}; "
+             f"indexes tuned to P@1 >= {a['target_p1']} at batch 1; from {source_link(path)}.", "",
+             "| batch | head | settings | tokens/s | x exact head | head's share | identical tokens | "
+             "identical prefix |",
+             "|---:|---|---|---:|---:|---:|---:|---:|"]
+    for batch, rows in r["decoding"].items():
+        for name, x in rows.items():
+            tuned = r["indexes"].get(name, {}).get("tuned", {}).get("settings")
+            settings = ", ".join(f"{k}={v}" for k, v in tuned.items()) if tuned else "-"
+            lines.append(f"| {batch} | {name} | {settings} | {x['tokens_per_s']:,.0f} | {x['speedup']:.2f} | "
+                         f"{x['head_share']:.1%} | {x['identical_tokens']:.4f} | {x['mean_identical_prefix']:.1f} |")
+    smp = r["sampling"]
+    lines += ["", f"Sampling, on {smp['n_states']:,} decoding states, {smp['k']} candidates, top-p {smp['top_p']}: "
+                  "total variation distance per step to exact top-p sampling, and |estimated - exact| log normaliser:",
+              "",
+              "| head | TV median | TV mean | TV p99 | TV, candidates' own normaliser (mean) | log Z error median | "
+              "log Z error p99 |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, m in smp["methods"].items():
+        tv, own, err = m["tv_top_p"], m["tv_top_p_candidates_normaliser"], m["log_normaliser_abs_error"]
+        lines.append(f"| {name} | {tv['median']:.4f} | {tv['mean']:.4f} | {tv['p99']:.4f} | {own['mean']:.4f} | "
+                     f"{err['median']:.4f} | {err['p99']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
 # --- the documents ------------------------------------------------------------------------------------
 
 def blocks(results: Path = RESULTS) -> dict[str, dict[str, str]]:
@@ -244,6 +323,9 @@ def blocks(results: Path = RESULTS) -> dict[str, dict[str, str]]:
     bench["training"] = training_block(newest("training", results))
     bench["train-spherical"] = train_spherical_block(newest("train-spherical", results))
     bench["engine"] = engine_block(newest(f"engine-{SUMMARY_DATASET}", results))
+    bench["screen-kernel"] = screen_kernel_block(newest("screen-kernel", results))
+    bench["blas-spin"] = blas_spin_block(newest("blas-spin", results))
+    bench["generate"] = generate_block(newest(f"generate-{SUMMARY_DATASET}", results))
     return {"BENCHMARKS.md": bench, "README.md": {"summary": summary}}
 
 

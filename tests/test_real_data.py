@@ -36,17 +36,19 @@ METHODS = {
     "ds": ({"n_experts": 16, "lasso": 0.003, "epochs_per_stage": 0.25, "final_epochs": 0.5, "seed": SEED},
            {"n_probe": 1}),
     "lss": ({"n_tables": 2, "n_buckets": 128, "rounds": 1, "seed": SEED}, {"n_probe": 2}),
+    "screen": ({"rank": 48}, {"n_candidates": 32}),
     "faiss-ivf": ({"nlist": 128, "seed": SEED}, {"n_probe": 16, "k_factor": 1}),
     "faiss-hnsw": ({"m": 16, "ef_construction": 40}, {"ef_search": 64, "k_factor": 1}),
     "faiss-ivfpq": ({"nlist": 128, "m": 16, "seed": SEED}, {"n_probe": 16, "k_factor": 8}),
 }
-LEARNED = ("adaptive", "ds", "lss")   # built from the training states and their labels
+LEARNED = ("adaptive", "ds", "lss", "screen")   # built from the training states (and their labels)
 
 # method: (floor, where it comes from); floor >= 1 - 1.5 * (1 - observed)
 P1_FLOORS = {
     "adaptive": (0.948, "observed 0.9648, seed 0"),
     "ds": (0.885, "observed 0.9233, seed 0"),
     "lss": (0.744, "observed 0.8289, seed 0"),
+    "screen": (0.819, "observed 0.8799, seed 0"),
     "faiss-ivf": (0.808, "observed 0.8716, seed 0"),
     "faiss-hnsw": (0.79, "observed 0.8594, seed 0"),
     "faiss-ivfpq": (0.357, "observed 0.5710, seed 0"),
@@ -57,6 +59,7 @@ RECALL_FLOORS = {
     "adaptive": (0.289, "observed 0.2913, seed 0"),
     "ds": (0.278, "observed 0.2842, seed 0"),
     "lss": (0.254, "observed 0.2678, seed 0"),
+    "screen": (0.268, "observed 0.2778, seed 0"),
     "faiss-ivf": (0.261, "observed 0.2729, seed 0"),
     "faiss-hnsw": (0.238, "observed 0.2571, seed 0"),
     "faiss-ivfpq": (0.174, "observed 0.2148, seed 0"),
@@ -67,10 +70,15 @@ SCORED_CEILINGS = {
     "adaptive": (3344, "observed 2229.9, seed 0"),
     "ds": (2833, "observed 1888.9, seed 0"),
     "lss": (1037, "observed 691.7, seed 0"),
+    "screen": (48, "observed 32.0 (n_candidates), seed 0"),
     "faiss-ivf": (15, "observed 10.0, seed 0"),
     "faiss-hnsw": (15, "observed 10.0, seed 0"),
     "faiss-ivfpq": (120, "observed 80.0, seed 0"),
 }
+# the certified screen's mean classes rescored per query: (ceiling, where it comes from), ceiling <= 1.5 x observed
+SCREEN_CERTIFIED_CEILING = (56, "observed 37.9, seed 0")
+# screened LSS (screen=32) against the same probes scored exactly: (P@1 floor, where it comes from)
+SCREENED_LSS_AGREEMENT = (0.999, "observed 1.0000, seed 0")
 # certified mode's bounds are loose on this layer (at the default bound_block=128 it scores all 10,000 classes;
 # on the whole layer 99 % in the benchmarks): small blocks make it skip some (observed 9294.1 of 10,000 per
 # query, seed 0), so the bounds are put to the test
@@ -158,3 +166,28 @@ def test_adaptive_certified_is_exact(sub):
     scored = mean_candidates(n_scored)
     print(f"\nadaptive certified: n_scored={scored:.1f} (min {n_scored.min()})")
     assert scored < N_CLASSES, "certified: every class scored for every query, so no bound was put to the test"
+
+
+def test_screen_certified_is_exact(sub):
+    """The certified screen (full-d int8 codes) returns the exact top-K (tie-aware, against float64 logits) on
+    real held-out queries, rescoring few classes."""
+    index = sub.index("screen", {})
+    scores, labels, n_scored = index.search(sub.H, K, return_n_scored=True, mode="certified")
+    logits = sub.H.astype(np.float64) @ sub.W.T.astype(np.float64) + sub.b
+    assert_topk_matches(scores, labels, logits, K)
+    scored = mean_candidates(n_scored)
+    print(f"\nscreen certified: n_scored={scored:.1f} (max {n_scored.max()})")
+    assert scored <= SCREEN_CERTIFIED_CEILING[0], f"certified screen: {scored:.1f} rescored > {SCREEN_CERTIFIED_CEILING}"
+
+
+def test_screened_lss_keeps_its_accuracy(sub):
+    """LSS with its probed buckets screened in int8 (screen=32) loses at most a little P@1 against the same
+    probes scored exactly, while rescoring 32 classes per query."""
+    index = sub.index("lss", {**METHODS["lss"][0], "screen": True})
+    settings = METHODS["lss"][1]
+    _, plain = index.search(sub.H, K, **settings)
+    _, labels, n_scored = index.search(sub.H, K, screen=32, return_n_scored=True, **settings)
+    agree = p_at_k(labels, plain, 1)
+    print(f"\nlss + screen: P@1 against unscreened {agree:.4f}, n_scored {mean_candidates(n_scored):.1f}")
+    assert agree >= SCREENED_LSS_AGREEMENT[0], f"{agree:.4f} < {SCREENED_LSS_AGREEMENT}"
+    assert n_scored.max() <= 32

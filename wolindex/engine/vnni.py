@@ -96,9 +96,8 @@ def _make_scores(n_queries: int, n_blocks: int, with_margin: bool = False):
     ``qscale[q0 + i] * (scale[c] * float32(acc[t]) - corr[c]) + shift[c] + qconst[q0 + i]``, to vals[t], and
     mask[t] = the bits of the classes whose score is >= worst[i]. Plain LLVM vector operations in this order
     (no fused multiply-add), so NumPy's float32 arithmetic gives the same values; legal on any CPU.
-
-    with_margin: two more per-class arrays A, B and per-query arrays qa, qb after qconst; the mask then
-    compares score + (qa[q] * A[c] + qb[q] * B[c]) with worst (vals still get the score)."""
+    with_margin: per-class A, B and per-query qa, qb after qconst; the mask then compares score + qa[q] * A[c]
+    + qb[q] * B[c] with worst (vals still get the score)."""
     n_args = 15 if with_margin else 11
 
     def codegen(context, builder, signature, values):
