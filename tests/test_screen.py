@@ -288,3 +288,20 @@ def test_routed_screen_needs_its_codes_and_round_trips(tmp_path):
     with pytest.raises(ValueError, match="screen"):
         type(index.method).restore(index.layer, {**arrays, "screen_scale": -arrays["screen_scale"]},
                                    index.method.state)
+
+
+def test_screened_searches_go_through_the_batch_in_steps(monkeypatch):
+    """With few (query, candidate) cells allowed per step, the dense and the routed screen give the same answer
+    as in one step."""
+    from wolindex.contrib.datasets import synthetic
+
+    data = synthetic(n_classes=900, dim=16, n_train=1500, n_test=50, seed=25)
+    dense = wolindex.build(data.W, data.b, method="screen", verbose=False)
+    routed = wolindex.build(data.W, data.b, method="lss", train=data.H_train, n_buckets=8, rounds=0, screen=True,
+                            verbose=False)
+    runs = [(dense, {"n_candidates": 40}), (dense, {"mode": "certified"}), (routed, {"n_probe": 3, "screen": 40})]
+    whole = [index.search(data.H_test, 5, return_n_scored=True, **settings) for index, settings in runs]
+    monkeypatch.setattr(S, "STEP_CELLS", 40 * 7)
+    for (index, settings), first in zip(runs, whole):
+        for got, want in zip(index.search(data.H_test, 5, return_n_scored=True, **settings), first):
+            np.testing.assert_array_equal(got, want)

@@ -24,12 +24,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from .dispatch import _num_threads, exact_topk, rescore_topk
-from .names import check_engine
+from .names import QUERY_BLOCK, check_engine
 
 RUN = 64                  # queries per work item of the scan
 CERTIFIED_STEP = 256      # queries per certified kernel call (bounds its kept-class buffers)
 CERTIFIED_CAP = 2048      # kept classes per (query, class range) before the query falls back to exact search
 ROW_BLOCK = 8192          # rows per step when coding or measuring rows
+STEP_CELLS = 2**22        # at most this many (query, candidate) pairs per step of a screened search
 _lock = threading.Lock()
 _kernels_module = None
 
@@ -91,7 +92,7 @@ class ScreenCodes:
     """Codes of a layer's D rows. blocks: (ceil(D / 16), n_quads, 64) int8 (vnni.py's layout); scale: (D,)
     float32; mean: (d,) float32; proj: (r, d) float32 projection of the queries, or None (no projection:
     r = d); bias: (D,) float32, the layer's. Derived on construction: csum, the per-row code sums, and the
-    padded scale / bias of the scan."""
+    scan's padded scale, bias and offset correction (offset_correction)."""
 
     blocks: np.ndarray
     scale: np.ndarray
@@ -233,10 +234,25 @@ def _approx_numpy(codes, quads, qscale, qconst) -> np.ndarray:
     return qscale[:, None] * (codes.scale[None, :] * acc - corr[None, :]) + codes.bias[None, :] + qconst[:, None]
 
 
+def in_steps(H: np.ndarray, k: int, n_cand: int, search):
+    """search(H_part, rows) -> (scores, labels, n_scored) on H in steps of at most QUERY_BLOCK queries and
+    STEP_CELLS / n_cand (so the candidate heaps and lists stay bounded for any N and n_cand); rows: the
+    part's slice of H."""
+    N = H.shape[0]
+    step = max(1, min(QUERY_BLOCK, STEP_CELLS // n_cand))
+    if N <= step:
+        return search(H, slice(0, N))
+    scores, labels, n_scored = np.empty((N, k), np.float32), np.empty((N, k), np.int64), np.empty(N, np.int64)
+    for lo in range(0, N, step):
+        rows = slice(lo, min(N, lo + step))
+        scores[rows], labels[rows], n_scored[rows] = search(H[rows], rows)
+    return scores, labels, n_scored
+
+
 def screen_topk(W, b, H, k: int, codes: ScreenCodes, n_cand: int, engine: str = "numba"):
     """Exact rescoring of the screen's n_cand candidates -> scores (N, k) f32, labels (N, k) i64, n_scored (N,)."""
-    ids, _ = screen_candidates(codes, H, n_cand, engine)
-    return rescore_topk(W, b, H, k, ids, engine)
+    return in_steps(H, k, n_cand, lambda part, rows: rescore_topk(
+        W, b, part, k, screen_candidates(codes, part, n_cand, engine)[0], engine))
 
 
 def query_bounds(codes: ScreenCodes, cert: Certificate, H: np.ndarray, p: np.ndarray, qscale: np.ndarray,
@@ -386,6 +402,11 @@ def screened_candidate_topk(W, b, H, k: int, codes: BucketCodes, probes: np.ndar
     """Exact rescoring of the n_cand best classes by approximate logit among each query's probed buckets ->
     scores (N, k) f32, labels (N, k) i64, n_scored (N,) i64 (classes rescored exactly)."""
     check_engine(engine)
+    return in_steps(H, k, n_cand, lambda part, rows: _screened_step(W, b, part, k, codes, probes[rows], n_cand,
+                                                                    engine))
+
+
+def _screened_step(W, b, H, k, codes, probes, n_cand, engine):
     quads, qscale, qconst, _ = codes.queries(H)
     N = H.shape[0]
     if engine == "numpy":
