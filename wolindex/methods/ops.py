@@ -114,6 +114,8 @@ class HostOps:
                 raise ValueError("screen: this index has no screening codes; build it with screen=True")
             if layer.square:
                 raise ValueError("screen: spherical layers have no screened search")
+            if rows != "packed":
+                raise ValueError("screen: rescores the layer's own rows; search with rows='exact'")
             probes = check_probes(probes, method.buckets.n_buckets, H.shape[0])
             return screened_candidate_topk(layer.W, layer.b, H, k, method.screen_codes, probes, max(k, screen),
                                            self.engine)
