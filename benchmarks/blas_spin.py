@@ -29,14 +29,11 @@ def measure(n_calls: int) -> dict:
     from threadpoolctl import threadpool_limits
 
     import wolindex
-    from wolindex.contrib.datasets import load_dataset
+    from wolindex.contrib.datasets import debian_lm_100k_or_synthetic
     from wolindex.contrib.timing import compare_speed, machine_info, set_threads
 
     set_threads(2)
-    try:
-        ds = load_dataset("debian-lm-100k")
-    except FileNotFoundError:
-        ds = load_dataset("synthetic", n_classes=100_000, dim=256, n_train=2000, n_test=4096)
+    ds = debian_lm_100k_or_synthetic()
     W, b = np.asarray(ds.W, np.float32), np.asarray(ds.b, np.float32)
     H = np.ascontiguousarray(ds.H_test[:4096], np.float32)
     M = np.random.default_rng(0).standard_normal((W.shape[1], 16 * W.shape[1])).astype(np.float32)

@@ -42,16 +42,13 @@ def main(argv=None):
     import numba
 
     import wolindex
-    from wolindex.contrib.datasets import load_dataset
+    from wolindex.contrib.datasets import debian_lm_100k_or_synthetic
     from wolindex.contrib.timing import machine_info, set_threads
     from wolindex.engine import screen as S
     from wolindex.engine import vnni
 
     set_threads(a.threads)
-    try:
-        ds = load_dataset("debian-lm-100k")
-    except FileNotFoundError:
-        ds = load_dataset("synthetic", n_classes=100_000, dim=256, n_train=2000, n_test=4096)
+    ds = debian_lm_100k_or_synthetic()
     W, b = np.asarray(ds.W, np.float32), np.asarray(ds.b, np.float32)
     H = np.ascontiguousarray(ds.H_test[:4096], np.float32)
     index = wolindex.build(W, b, method="screen", verbose=False)

@@ -177,3 +177,12 @@ def load_dataset(name: str, **options) -> Dataset:
     if name not in DATASETS:
         raise ValueError(f"name: expected one of {sorted(DATASETS)}, got {name!r}")
     return DATASETS[name](**options)
+
+
+def debian_lm_100k_or_synthetic(n_test: int = 4096) -> Dataset:
+    """debian-lm-100k when WOLINDEX_DATA provides it, else a synthetic layer of its shape (D = 100,000,
+    d = 256) with n_test test queries: for the benchmarks that time a layer of that size."""
+    try:
+        return load_dataset("debian-lm-100k")
+    except FileNotFoundError:
+        return load_dataset("synthetic", n_classes=100_000, dim=256, n_train=2000, n_test=n_test)
