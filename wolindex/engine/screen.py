@@ -73,6 +73,15 @@ def from_blocks(blocks: np.ndarray, n: int) -> np.ndarray:
     return blocks.reshape(g, n_quads, 16, 4).transpose(0, 2, 1, 3).reshape(g * 16, n_quads * 4)[:n]
 
 
+def code_sums(blocks: np.ndarray) -> np.ndarray:
+    """(n_blocks * 16,) int32 sum of each slot's codes, from blocks (n_blocks, n_quads, 64) in steps of rows."""
+    csum = np.zeros(blocks.shape[0] * 16, np.int32)
+    for g0 in range(0, blocks.shape[0], ROW_BLOCK // 16):
+        part = blocks[g0:g0 + ROW_BLOCK // 16].astype(np.int32)
+        csum[g0 * 16:(g0 + part.shape[0]) * 16] = part.reshape(part.shape[0], -1, 16, 4).sum(axis=(1, 3)).ravel()
+    return csum
+
+
 def offset_correction(csum: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """scale * 128 * csum in float32, per class: what the queries' +128 offset adds to a scaled integer sum."""
     return (scale * (np.float32(128) * csum.astype(np.float32))).astype(np.float32)
@@ -118,10 +127,7 @@ class ScreenCodes:
     def __post_init__(self):
         D = self.scale.shape[0]
         pad = self.blocks.shape[0] * 16
-        csum = np.zeros(pad, np.int32)
-        for g0 in range(0, self.blocks.shape[0], ROW_BLOCK // 16):
-            part = self.blocks[g0:g0 + ROW_BLOCK // 16].astype(np.int32)
-            csum[g0 * 16:g0 * 16 + part.shape[0] * 16] = part.reshape(part.shape[0], -1, 16, 4).sum(axis=(1, 3)).ravel()
+        csum = code_sums(self.blocks)
         object.__setattr__(self, "csum", csum)
         object.__setattr__(self, "scan_scale", np.pad(self.scale, (0, pad - D)).astype(np.float32))
         object.__setattr__(self, "scan_bias", np.pad(self.bias, (0, pad - D)).astype(np.float32))
@@ -380,8 +386,7 @@ class BucketCodes:
         real = slot_class >= 0
         object.__setattr__(self, "block_ptr", block_ptr)
         object.__setattr__(self, "slot_class", slot_class)
-        object.__setattr__(self, "csum", self.blocks.reshape(self.blocks.shape[0], -1, 16, 4).astype(np.int32)
-                           .sum(axis=(1, 3)).ravel() if self.blocks.size else np.zeros(0, np.int32))
+        object.__setattr__(self, "csum", code_sums(self.blocks))
         object.__setattr__(self, "slot_scale", np.where(real, self.class_scale[np.maximum(slot_class, 0)], 0)
                            .astype(np.float32))
         object.__setattr__(self, "slot_shift", np.where(real, self.bias[np.maximum(slot_class, 0)], -np.inf)
