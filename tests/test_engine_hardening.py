@@ -62,7 +62,7 @@ def test_candidate_topk_validates_packed_rows():
     good = PackedRows.of(buckets, W, B)
     for packed, match in [(PackedRows(good.W, good.b, np.full(20, 10 ** 6, np.int32)), "packed: row_of must lie"),
                           (PackedRows(good.W, good.b, np.arange(20, dtype=np.int64)), "packed: row_of must be int32"),
-                          (PackedRows.from_arrays(good.W[:5], good.b[:5]), "packed: W"),
+                          (PackedRows.from_arrays(good.W[:5], good.b[:5]), "packed: row_of must be int32 of shape"),
                           (PackedRows.from_arrays(good.W[:, :4].copy(), good.b), "packed: W")]:
         for path in ("fused", "grouped"):
             with pytest.raises(ValueError, match=match):

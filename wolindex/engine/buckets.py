@@ -66,11 +66,11 @@ class Buckets:
 
 @dataclass(frozen=True)
 class PackedRows:
-    """The rows of a Buckets stored bucket by bucket, so each bucket's rows are contiguous in memory
-    (streamed instead of gathered: about 2.5x faster per query on scattered classes).
+    """The rows that score a Buckets' entries: entry p (class buckets.indices[p]) is scored with W[row_of[p]],
+    b[row_of[p]]. W: (R, d) float32, b: (R,) float32, row_of: (nnz,) int32 in [0, R).
 
-    W: (nnz, d) float32 and b: (nnz,) float32, entry p being class buckets.indices[p]; row_of: (nnz,) int32
-    = arange(nnz). For a partition of the classes this holds exactly W's rows, permuted."""
+    Rows stored in bucket order (an index's permuted layer, `of`'s copy) make each bucket a contiguous
+    range that is streamed instead of gathered (about 2.5x faster per query on scattered classes)."""
 
     W: np.ndarray
     b: np.ndarray
@@ -78,25 +78,34 @@ class PackedRows:
 
     @classmethod
     def of(cls, buckets: Buckets, W: np.ndarray, b: np.ndarray) -> "PackedRows":
+        """A copy of the buckets' rows of (W, b), bucket by bucket (a class in two buckets stored twice)."""
         return cls.from_arrays(np.ascontiguousarray(W[buckets.indices]), np.ascontiguousarray(b[buckets.indices]))
 
     @classmethod
     def from_arrays(cls, W: np.ndarray, b: np.ndarray) -> "PackedRows":
+        """Entry p scored with W[p], b[p]."""
         return cls(W, b, np.arange(W.shape[0], dtype=np.int32))
 
+    def entry_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """(nnz, d) and (nnz,): each entry's row and bias, in entry order (a copy unless already so stored)."""
+        if self.row_of.shape[0] == self.W.shape[0] and np.array_equal(self.row_of, np.arange(self.W.shape[0])):
+            return self.W, self.b
+        return np.ascontiguousarray(self.W[self.row_of]), self.b[self.row_of]
+
     def validate(self, buckets: Buckets, dim: int) -> None:
-        """Raise ValueError unless these are rows of width dim for each entry of buckets, with row_of in
-        [0, nnz); on success remember (buckets, dim) (see check)."""
+        """Raise ValueError unless these are C-contiguous float32 rows of width dim with one row_of in [0, R)
+        per entry of buckets; on success remember (buckets, dim) (see check)."""
         nnz = buckets.indices.shape[0]
-        if self.W.dtype != np.float32 or self.W.shape != (nnz, dim) or not self.W.flags.c_contiguous:
-            raise ValueError(f"packed: W must be C-contiguous float32 of shape ({nnz}, {dim}), got {self.W.shape}")
-        if self.b.dtype != np.float32 or self.b.shape != (nnz,):
-            raise ValueError(f"packed: b must be float32 of shape ({nnz},), got {self.b.shape}")
+        R = self.W.shape[0] if self.W.ndim == 2 else -1
+        if self.W.dtype != np.float32 or self.W.shape != (R, dim) or not self.W.flags.c_contiguous:
+            raise ValueError(f"packed: W must be C-contiguous float32 of shape (R, {dim}), got {self.W.shape}")
+        if self.b.dtype != np.float32 or self.b.shape != (R,):
+            raise ValueError(f"packed: b must be float32 of shape ({R},), got {self.b.shape}")
         if self.row_of.dtype != np.int32 or self.row_of.shape != (nnz,):
             raise ValueError(f"packed: row_of must be int32 of shape ({nnz},), got {self.row_of.dtype} "
                              f"{self.row_of.shape}")
-        if nnz and (self.row_of.min() < 0 or self.row_of.max() >= nnz):
-            raise ValueError(f"packed: row_of must lie in [0, {nnz})")
+        if nnz and (self.row_of.min() < 0 or self.row_of.max() >= R):
+            raise ValueError(f"packed: row_of must lie in [0, {R})")
         object.__setattr__(self, "_valid_for", (buckets, dim))
 
     def check(self, buckets: Buckets, dim: int) -> None:

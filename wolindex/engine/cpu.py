@@ -118,15 +118,17 @@ def _score_block(W, b, rows, labels, H, qsel, hs, hl, hrow, row_block, square):
 
 
 @njit(parallel=True, fastmath=FAST, cache=True)
-def exact_topk_kernel(W, b, H, k, n_chunks, row_block, square, out_s, out_l):
-    """Exact top-k of H @ W.T + b.  W (D, d) f32, b (D,) f32, H (N, d) f32 -> out_s (N, k) f32, out_l (N, k) i64.
+def exact_topk_kernel(W, b, H, k, labels, n_chunks, row_block, square, out_s, out_l):
+    """Exact top-k of H @ W.T + b.  W (D, d) f32, b (D,) f32, H (N, d) f32, labels (D,) int32 the class of
+    each row (empty: row r is class r) -> out_s (N, k) f32, out_l (N, k) i64.
 
-    Classes are split into n_chunks ranges scored in parallel, each into its own heaps; then merged."""
+    Rows are split into n_chunks ranges scored in parallel, each into its own heaps; then merged."""
     D = W.shape[0]
     N = H.shape[0]
     hs = np.empty((n_chunks, N, k), np.float32)
     hl = np.empty((n_chunks, N, k), np.int64)
     all_rows = np.arange(D).astype(np.int32)
+    row_labels = all_rows if labels.shape[0] == 0 else labels
     qsel = np.arange(N)
     step = (D + n_chunks - 1) // n_chunks
     for c in prange(n_chunks):
@@ -134,7 +136,7 @@ def exact_topk_kernel(W, b, H, k, n_chunks, row_block, square, out_s, out_l):
             clear(hs[c, i], hl[c, i])
         lo = min(D, c * step)
         hi = min(D, lo + step)
-        _score_block(W, b, all_rows[lo:hi], all_rows[lo:hi], H, qsel, hs[c], hl[c], qsel, row_block, square)
+        _score_block(W, b, all_rows[lo:hi], row_labels[lo:hi], H, qsel, hs[c], hl[c], qsel, row_block, square)
     for i in prange(N):
         s = hs[0, i]
         lab = hl[0, i]
@@ -145,7 +147,7 @@ def exact_topk_kernel(W, b, H, k, n_chunks, row_block, square, out_s, out_l):
 
 
 @njit(fastmath=FAST, cache=True)
-def exact_topk_serial_kernel(W, b, H, k, row_block, square, out_s, out_l):
+def exact_topk_serial_kernel(W, b, H, k, labels, row_block, square, out_s, out_l):
     """exact_topk_kernel on the calling thread, for problems too small to repay waking the other threads
     (a gate's rows for one query)."""
     N = H.shape[0]
@@ -155,7 +157,8 @@ def exact_topk_serial_kernel(W, b, H, k, row_block, square, out_s, out_l):
         clear(hs[i], hl[i])
     all_rows = np.arange(W.shape[0]).astype(np.int32)
     qsel = np.arange(N)
-    _score_block(W, b, all_rows, all_rows, H, qsel, hs, hl, qsel, row_block, square)
+    _score_block(W, b, all_rows, all_rows if labels.shape[0] == 0 else labels, H, qsel, hs, hl, qsel, row_block,
+                 square)
     for i in range(N):
         write_sorted(hs[i], hl[i], out_s[i], out_l[i])
 

@@ -51,7 +51,7 @@ def _threadsafe() -> bool:
 
         with _launch_lock:
             _kernels().exact_topk_kernel(np.zeros((1, 1), np.float32), np.zeros(1, np.float32),
-                                         np.zeros((1, 1), np.float32), 1, 1, 1, False,
+                                         np.zeros((1, 1), np.float32), 1, np.zeros(0, np.int32), 1, 1, False,
                                          np.empty((1, 1), np.float32), np.empty((1, 1), np.int64))
             _layer_is_threadsafe = numba.threading_layer() != "workqueue"
     return _layer_is_threadsafe
@@ -87,25 +87,31 @@ def check_rows(W: np.ndarray, b: np.ndarray, H: np.ndarray, k) -> None:
         raise ValueError(f"k: expected an int >= 1, got {k}")
 
 
-def exact_topk(W: np.ndarray, b: np.ndarray, H: np.ndarray, k: int, engine: str = "numba", square: bool = False):
+def exact_topk(W: np.ndarray, b: np.ndarray, H: np.ndarray, k: int, engine: str = "numba", square: bool = False,
+               labels: np.ndarray | None = None):
     """Exact top-k of H @ W.T + b (of its square when `square`: spherical layers).  W (D, d) f32, b (D,) f32,
-    H (N, d) f32 -> scores (N, k) float32, labels (N, k) int64, best first. Their values must already be
-    checked (finite); shapes and dtypes are checked here."""
+    H (N, d) f32 -> scores (N, k) float32, labels (N, k) int64, best first (ties: smaller label first).
+    labels: (D,) int32, the class of each row (a permuted layer's row_class); None: row r is class r. Their
+    values must already be checked (finite, labels a permutation); shapes and dtypes are checked here."""
     check_engine(engine)
     check_rows(W, b, H, k)
+    if labels is None:
+        labels = np.zeros(0, np.int32)
+    elif labels.dtype != np.int32 or labels.shape != (W.shape[0],):
+        raise ValueError(f"labels: expected int32 of shape ({W.shape[0]},), got {labels.dtype} {labels.shape}")
     if engine == "numpy":
-        return numpy_ref.exact_topk(W, b, H, k, square)
+        return numpy_ref.exact_topk(W, b, H, k, square, labels if labels.size else None)
     N = H.shape[0]
     out_s = np.empty((N, k), np.float32)
     out_l = np.empty((N, k), np.int64)
     cpu = _kernels()
     if N * W.shape[0] * W.shape[1] <= SERIAL_MAX_WORK:
-        cpu.exact_topk_serial_kernel(W, b, H, k, _row_block(W.shape[1]), square, out_s, out_l)
+        cpu.exact_topk_serial_kernel(W, b, H, k, labels, _row_block(W.shape[1]), square, out_s, out_l)
         return out_s, out_l
     n_chunks = max(1, min(4 * _num_threads(), W.shape[0] // 64))
     for q0 in range(0, N, QUERY_BLOCK):
         q1 = min(N, q0 + QUERY_BLOCK)
-        _launch(cpu.exact_topk_kernel, W, b, H[q0:q1], k, n_chunks, _row_block(W.shape[1]), square,
+        _launch(cpu.exact_topk_kernel, W, b, H[q0:q1], k, labels, n_chunks, _row_block(W.shape[1]), square,
                 out_s[q0:q1], out_l[q0:q1])
     return out_s, out_l
 
@@ -248,11 +254,12 @@ def _candidate_topk(W, b, H, k, buckets, probes, engine, path, packed, square):
 
 
 def rescore_topk(W: np.ndarray, b: np.ndarray, H: np.ndarray, k: int, candidates: np.ndarray,
-                 engine: str = "numba", square: bool = False):
+                 engine: str = "numba", square: bool = False, class_row: np.ndarray | None = None):
     """Exact top-k over each query's own candidate list (from FAISS, say); square as in candidate_topk.
 
     candidates: (N, c) integer class ids in [0, D), -1 for none (as FAISS pads), repeats allowed; anything
-    else is refused. Returns scores (N, k), labels (N, k) and n_scored (N,) like candidate_topk."""
+    else is refused. class_row: (D,) int32, the row of W holding each class (a permuted layer's), None for
+    row c = class c. Returns scores (N, k), labels (N, k) and n_scored (N,) like candidate_topk."""
     check_engine(engine)
     check_rows(W, b, H, k)
     cand = np.asarray(candidates)
@@ -267,7 +274,8 @@ def rescore_topk(W: np.ndarray, b: np.ndarray, H: np.ndarray, k: int, candidates
     np.cumsum(valid.sum(axis=1), out=indptr[1:])
     buckets = Buckets(indptr, cand[valid].astype(np.int32))
     probes = np.arange(cand.shape[0], dtype=np.int32)[:, None]
-    return _candidate_topk(W, b, H, k, buckets, probes, engine, "fused", None, square)
+    packed = None if class_row is None else PackedRows(W, b, class_row[buckets.indices])
+    return _candidate_topk(W, b, H, k, buckets, probes, engine, "fused", packed, square)
 
 
 def merge_topk(scores_a, labels_a, scores_b, labels_b):

@@ -12,20 +12,20 @@ def _top_k_rows(scores: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndar
     return out_s, out_l
 
 
-def exact_topk(W, b, H, k, square=False):
+def exact_topk(W, b, H, k, square=False, labels=None):
     """(N, d) queries -> exact top-k scores (N, k) float32 and labels (N, k) int64 (of the squared logits
-    when square)."""
+    when square); labels: (D,) the class of each row, None for row r = class r."""
     logits = H @ W.T + b
     if square:
         logits = logits * logits
-    labels = np.arange(W.shape[0], dtype=np.int64)
+    labels = np.arange(W.shape[0], dtype=np.int64) if labels is None else labels.astype(np.int64)
     rows = [_top_k_rows(row, labels, k) for row in logits]
     return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
 
 
 def candidate_topk(W, b, H, k, buckets, probes, packed=None, square=False):
     """Top-k over the union of each query's probed buckets -> scores, labels, distinct classes scored (N,).
-    With packed rows, bucket entry p is scored from packed.W[p], packed.b[p]."""
+    With packed rows, bucket entry p is scored from packed.W[packed.row_of[p]] (and b alike)."""
     N = H.shape[0]
     out_s = np.empty((N, k), np.float32)
     out_l = np.empty((N, k), np.int64)
@@ -37,7 +37,8 @@ def candidate_topk(W, b, H, k, buckets, probes, packed=None, square=False):
         if packed is None:
             scores = (W[cand] @ H[i] + b[cand]).astype(np.float32)
         else:
-            scores = (packed.W[pos[first]] @ H[i] + packed.b[pos[first]]).astype(np.float32)
+            rows = packed.row_of[pos[first]]
+            scores = (packed.W[rows] @ H[i] + packed.b[rows]).astype(np.float32)
         out_s[i], out_l[i] = _top_k_rows(scores * scores if square else scores, cand, k)
         n_scored[i] = cand.size
     return out_s, out_l, n_scored

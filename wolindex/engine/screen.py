@@ -403,15 +403,16 @@ class BucketCodes:
 
 
 def screened_candidate_topk(W, b, H, k: int, codes: BucketCodes, probes: np.ndarray, n_cand: int,
-                            engine: str = "numba"):
+                            engine: str = "numba", class_row: np.ndarray | None = None):
     """Exact rescoring of the n_cand best classes by approximate logit among each query's probed buckets ->
-    scores (N, k) f32, labels (N, k) i64, n_scored (N,) i64 (classes rescored exactly)."""
+    scores (N, k) f32, labels (N, k) i64, n_scored (N,) i64 (classes rescored exactly). class_row: (D,) the
+    row of W holding each class (a permuted layer's), None for row c = class c."""
     check_engine(engine)
     return in_steps(H, k, n_cand, lambda part, rows: _screened_step(W, b, part, k, codes, probes[rows], n_cand,
-                                                                    engine))
+                                                                    engine, class_row))
 
 
-def _screened_step(W, b, H, k, codes, probes, n_cand, engine):
+def _screened_step(W, b, H, k, codes, probes, n_cand, engine, class_row):
     quads, qscale, qconst, _ = codes.queries(H)
     N = H.shape[0]
     if engine == "numpy":
@@ -428,7 +429,7 @@ def _screened_step(W, b, H, k, codes, probes, n_cand, engine):
         _kernels().bucket_screen_kernel(codes.blocks, codes.block_ptr, codes.slot_class, codes.slot_corr,
                                         codes.slot_scale, codes.slot_shift, quads, qscale, qconst, probes, n_cand,
                                         n_parts, ids, np.empty((N, n_cand), np.float32))
-    return rescore_topk(W, b, H, k, ids, engine)
+    return rescore_topk(W, b, H, k, ids, engine, class_row=class_row)
 
 
 class _DenseView:

@@ -92,7 +92,8 @@ class DeviceBuckets:
     @classmethod
     def upload(cls, rt, buckets: Buckets, packed: PackedRows, dtype: str) -> "DeviceBuckets":
         sizes = buckets.sizes()
-        return cls(rt.to_device(rows_to_storage(packed.W, dtype)), rt.to_device(packed.b),
+        W, b = packed.entry_rows()
+        return cls(rt.to_device(rows_to_storage(W, dtype)), rt.to_device(b),
                    rt.to_device(buckets.indptr), rt.to_device(buckets.indices), dtype, rt.to_device(sizes),
                    float(sizes.mean()) if sizes.size else 0.0, int(sizes.max()) if sizes.size else 0)
 
