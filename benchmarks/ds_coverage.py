@@ -67,7 +67,7 @@ def main(argv=None):
         raise SystemExit(f"--index: expected a DS index, got method {index.method_name!r}")
     H = np.ascontiguousarray(debian_lm_100k().H_test[:a.n], dtype=np.float32)
     W, b = index.layer.W, index.layer.b
-    top1 = exact_topk(W, b, H, 1)[1][:, 0]
+    top1 = exact_topk(W, b, H, 1, labels=index.layer.row_class)[1][:, 0]
     rows = []
     for m in a.probes:
         _, labels, distinct = index.search(H, 1, n_probe=m, path="fused", return_n_scored=True)

@@ -87,7 +87,7 @@ def test_build_with_train_labels_and_settings_then_search_with_settings(tmp_path
         {"n_tables": 2, "n_buckets": 8, "rounds": 1}
     index = wolindex.load(tmp_path / "lss.wol")
     assert index.method.buckets.n_buckets == 16 and index.method.state["labels_from"] == "labels"
-    np.testing.assert_array_equal(index.layer.b, b)
+    np.testing.assert_array_equal(index.layer.class_b(), b)
     expected = wolindex.build(W, b, method="lss", train=H_train, labels=y, n_tables=2, n_buckets=8, rounds=1,
                               verbose=False)
     np.testing.assert_array_equal(index.method.buckets.indices, expected.method.buckets.indices)  # y was used

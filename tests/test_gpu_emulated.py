@@ -249,14 +249,14 @@ def low_precision_index(method):
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("method", ["exact", "lss", "adaptive"])
 def test_device_rows_are_rounded_to_nearest_even(rt, method, dtype):
-    """The rows each GPU search holds are the layer's rows (packed bucket by bucket where the method packs
-    them) rounded by ml_dtypes / NumPy, bit for bit."""
+    """The rows each GPU search holds are the layer's rows (packed bucket by bucket for bucket methods)
+    rounded by ml_dtypes / NumPy, bit for bit."""
     index = low_precision_index(method)
     gpu = to_device(index, dtype=dtype, runtime=rt)
     if method == "exact":
         stored, rows = gpu.ops.W, index.layer.W
     else:
-        stored, rows = gpu.ops.rows.W, index.method.packed.W
+        stored, rows = gpu.ops.rows.W, index.method.packed.entry_rows()[0]
     np.testing.assert_array_equal(np.asarray(stored).view(np.uint16), stored_bits(rows, dtype).view(np.uint16))
 
 
@@ -272,7 +272,8 @@ def test_low_precision_search_matches_independent_rounding(rt, small_blocks, met
     """GPU search over 16-bit rows returns the exact top-k of the independently rounded layer (float64
     reference, tie-aware): exact search's GEMM rounds the queries too, candidate kernels read them as float32."""
     index = low_precision_index(method)
-    W, b = index.layer.W, index.layer.b
+    layer = index.layer.in_class_order()
+    W, b = layer.W, layer.b
     H = random_queries(3, 16, seed=21)
     scores, labels = to_device(index, dtype=dtype, runtime=rt).search(H, 8, **settings)
     Hr = rounded(H, dtype) if method == "exact" else H.astype(np.float64)

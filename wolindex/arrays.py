@@ -104,3 +104,19 @@ def check_k(k, n_classes: int) -> int:
     if not 1 <= k <= n_classes:
         raise ValueError(f"k: expected 1 <= k <= {n_classes} (the number of classes), got {k}")
     return int(k)
+
+
+def all_finite(a: np.ndarray, block_bytes: int = 1 << 18) -> bool:
+    """np.isfinite(a).all(), block_bytes at a time. A np.memmap is read through its file instead of its map,
+    so checking it leaves none of its pages resident in this process."""
+    if isinstance(a, np.memmap) and a.filename is not None and a.flags.c_contiguous:
+        step = max(1, block_bytes // a.itemsize)
+        with open(a.filename, "rb") as f:
+            f.seek(a.offset)
+            for lo in range(0, a.size, step):
+                part = np.fromfile(f, a.dtype, min(step, a.size - lo))
+                if part.size != min(step, a.size - lo) or not np.isfinite(part).all():
+                    return False
+        return True
+    rows = max(1, block_bytes // max(1, a.itemsize * (a[0].size if a.ndim > 1 and len(a) else 1)))
+    return all(np.isfinite(a[lo:lo + rows]).all() for lo in range(0, len(a), rows))

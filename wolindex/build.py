@@ -27,7 +27,7 @@ def build(W, b=None, method: str = "exact", *, train=None, labels=None, class_co
     if isinstance(W, OutputLayer):
         if b is not None or class_counts is not None or scoring != "logit" or epsilon != 0.0:
             raise ValueError("b / class_counts / scoring / epsilon: pass them inside the OutputLayer, not beside it")
-        layer = W
+        layer = W.in_class_order()
     else:
         layer = OutputLayer.from_arrays(W, b, class_counts, scoring, epsilon)
     method_cls = get_method(method)
@@ -43,6 +43,9 @@ def build(W, b=None, method: str = "exact", *, train=None, labels=None, class_co
         y = as_labels(labels, H.shape[0], layer.n_classes)
     t0 = time.perf_counter()
     built = method_cls.build(layer, build_params, H, y, verbose)
+    if hasattr(built, "storage_order"):
+        layer = layer.permuted(built.storage_order(layer))
+        built = method_cls.restore(layer, built.arrays, built.state)
     info = {
         "build_seconds": time.perf_counter() - t0,
         "built_with": f"wolindex {__version__}",

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ._version import __version__
+from .arrays import all_finite
 from .layer import OutputLayer, check_scoring
 
 FORMAT = "wolindex-index"
@@ -47,11 +48,17 @@ class _HashingWriter:
         return self.f.write(data)
 
 
-def layer_fingerprint(layer: OutputLayer) -> str:
-    """SHA-256 over the layer's W, b and class_counts bytes (identifies the layer an index was built on)."""
+def layer_fingerprint(layer: OutputLayer, block: int = 1 << 24) -> str:
+    """SHA-256 over the layer's W, b and class_counts bytes in class order, whatever order its rows are stored
+    in (identifies the layer an index was built on); W hashed a block of rows at a time."""
     sha = hashlib.sha256()
-    for a in (layer.W, layer.b) + ((layer.class_counts,) if layer.class_counts is not None else ()):
-        sha.update(np.ascontiguousarray(a).data)
+    rows = max(1, block // (4 * layer.dim))
+    for lo in range(0, layer.n_classes, rows):
+        part = layer.rows_of(np.arange(lo, min(layer.n_classes, lo + rows)))
+        sha.update(np.ascontiguousarray(layer.W[part] if layer.row_class is not None else layer.W[lo:lo + rows]).data)
+    sha.update(np.ascontiguousarray(layer.class_b()).data)
+    if layer.class_counts is not None:
+        sha.update(np.ascontiguousarray(layer.class_counts).data)
     return sha.hexdigest()
 
 
@@ -375,7 +382,7 @@ def read_layer(arrays: dict, meta: dict, path, verify: bool, layer: OutputLayer 
     without it."""
     path = Path(path)
     if meta.get("layer", "included") == "external":
-        return _external_layer(layer, meta, path, verify)
+        return _external_layer(layer, arrays, meta, path, verify)
     if layer is not None:
         raise ValueError(f"layer: {path} holds its own layer; pass layer only for indexes saved with_layer=False")
     return _layer_of(arrays, meta, path)
@@ -388,22 +395,27 @@ def _layer_of(arrays: dict, meta: dict, path: Path) -> OutputLayer:
     if W is None or b is None or W.dtype != np.float32 or W.shape != (D, d) or b.dtype != np.float32 \
             or b.shape != (D,) or (counts is not None and (counts.dtype != np.int64 or counts.shape != (D,))):
         raise ValueError(f"path: {path}: the layer arrays do not match n_classes={D}, dim={d}")
-    if not (_all_finite(W) and _all_finite(b)):
+    if not (all_finite(W) and all_finite(b)):
         raise ValueError(f"path: {path}: the layer's W or b holds NaN or Inf")
     if counts is not None and counts.min() < 0:
         raise ValueError(f"path: {path}: the layer's class_counts holds negative counts")
     scoring, epsilon = meta.get("scoring", "logit"), meta.get("epsilon", 0.0)
     check_scoring(scoring, epsilon)
-    return OutputLayer(W, b, counts, scoring, epsilon)
+    return OutputLayer(W, b, counts, scoring, epsilon, _row_class(arrays, D, path))
 
 
-def _all_finite(a: np.ndarray, block: int = 1 << 24) -> bool:
-    """np.isfinite(a).all(), a block of rows at a time (a may be a memory-mapped (D, d) matrix)."""
-    rows = max(1, block // max(1, a[0].size if a.ndim > 1 and len(a) else 1))
-    return all(np.isfinite(a[lo:lo + rows]).all() for lo in range(0, len(a), rows))
+def _row_class(arrays: dict, n_classes: int, path: Path) -> np.ndarray | None:
+    """The layer's checked row order (a permutation of [0, n_classes)), or None when rows are in class order."""
+    order = arrays.get("layer.row_class")
+    if order is None:
+        return None
+    if order.dtype != np.int32 or order.shape != (n_classes,) or order.min() < 0 or order.max() >= n_classes \
+            or np.bincount(order, minlength=n_classes).max() != 1:
+        raise ValueError(f"path: {path}: layer.row_class must be an int32 permutation of [0, {n_classes})")
+    return np.ascontiguousarray(order)
 
 
-def _external_layer(layer, meta: dict, path: Path, verify: bool) -> OutputLayer:
+def _external_layer(layer, arrays: dict, meta: dict, path: Path, verify: bool) -> OutputLayer:
     if not isinstance(layer, OutputLayer):
         raise ValueError(f"layer: {path} was saved without its layer; pass the OutputLayer it was built on "
                          f"(wolindex.OutputLayer.from_arrays(W, b, class_counts))")
@@ -414,4 +426,5 @@ def _external_layer(layer, meta: dict, path: Path, verify: bool) -> OutputLayer:
                          f"scoring={layer.scoring!r}, epsilon={layer.epsilon}")
     if verify and layer_fingerprint(layer) != meta.get("layer_sha256"):
         raise ValueError(f"layer: not the layer {path} was built on (SHA-256 of W, b, class_counts differs)")
-    return layer
+    order = _row_class(arrays, meta["n_classes"], path)
+    return layer if order is None else layer.in_class_order().permuted(order)

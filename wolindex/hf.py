@@ -75,8 +75,9 @@ def _check_same_layer(host, head, compare_rows: bool) -> None:
     W = head.weight.detach()[rows].float().cpu().numpy()
     bias = getattr(head, "bias", None)
     b = np.zeros(rows.size, np.float32) if bias is None else bias.detach()[rows].float().cpu().numpy()
-    if not (np.allclose(host.layer.W[rows], W, rtol=1e-2, atol=1e-3)
-            and np.allclose(host.layer.b[rows], b, rtol=1e-2, atol=1e-3)):
+    stored = host.layer.rows_of(rows)
+    if not (np.allclose(host.layer.W[stored], W, rtol=1e-2, atol=1e-3)
+            and np.allclose(host.layer.b[stored], b, rtol=1e-2, atol=1e-3)):
         raise ValueError("index: its W / b differ from the model's output layer; build it from that layer "
                          "(wolindex.hf.lm_head_index(model, ...))")
 

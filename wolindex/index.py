@@ -89,7 +89,8 @@ class Index:
     def _exact(self, Q: np.ndarray, k: int):
         from .engine import exact_topk
 
-        scores, labels = exact_topk(self.layer.W, self.layer.b, Q, k, square=self.layer.square)
+        layer = self.layer
+        scores, labels = exact_topk(layer.W, layer.b, Q, k, square=layer.square, labels=layer.row_class)
         return scores, labels, np.full(Q.shape[0], self.n_classes, np.int64)
 
     @cached_property
@@ -134,11 +135,17 @@ class Index:
         save_index(self, path, with_layer)
 
     def nbytes(self) -> int:
-        """Bytes held by the index: the layer plus the method's arrays."""
-        layer = self.layer.W.nbytes + self.layer.b.nbytes
-        if self.layer.class_counts is not None:
-            layer += self.layer.class_counts.nbytes
-        return layer + self.method.nbytes()
+        """Bytes held by the index: the layer plus the method's arrays (resident or memory-mapped)."""
+        return sum(a.nbytes for a in self._layer_arrays()) + self.method.nbytes()
+
+    def mapped_nbytes(self) -> int:
+        """The part of nbytes() in arrays memory-mapped from an index file (load(mmap=True)): the system pages
+        them in as searches read them, and can drop them again."""
+        return sum(a.nbytes for a in self._layer_arrays() + list(self.method.arrays.values()) if _is_mapped(a))
+
+    def _layer_arrays(self) -> list[np.ndarray]:
+        layer = self.layer
+        return [a for a in (layer.W, layer.b, layer.class_counts, layer.row_class) if a is not None]
 
     def stats(self, H=None, k: int = 10, **settings: Any) -> dict[str, Any]:
         """Sizes, settings and build information; with sample queries H, also the mean number of classes
@@ -148,6 +155,8 @@ class Index:
             "n_classes": self.n_classes,
             "dim": self.dim,
             "index_bytes": self.nbytes(),
+            "mapped_bytes": self.mapped_nbytes(),
+            "resident_bytes": self.nbytes() - self.mapped_nbytes(),
             "method_bytes": self.method.nbytes(),
             "index_bytes_over_W_bytes": self.nbytes() / self.layer.W.nbytes,
             "build_params": self.build_params.to_dict(),
@@ -164,6 +173,15 @@ class Index:
         return f"<wolindex.Index method={self.method_name!r} D={self.n_classes} d={self.dim}>"
 
 
+def _is_mapped(a: np.ndarray) -> bool:
+    """Whether a is (a view of) a np.memmap."""
+    while a is not None:
+        if isinstance(a, np.memmap):
+            return True
+        a = a.base if isinstance(a.base, np.ndarray) else None
+    return False
+
+
 def save_index(index: Index, path, with_layer: bool = True) -> None:
     """Write `index` to `path` atomically: a zip if path ends in .zip / .wol, else a folder.
 
@@ -176,6 +194,8 @@ def save_index(index: Index, path, with_layer: bool = True) -> None:
     arrays = {"layer.W": layer.W, "layer.b": layer.b} if with_layer else {}
     if with_layer and layer.class_counts is not None:
         arrays["layer.class_counts"] = layer.class_counts
+    if layer.row_class is not None:
+        arrays["layer.row_class"] = layer.row_class
     for name, a in index.method.arrays.items():
         arrays[f"method.{name}"] = a
     fields = {

@@ -17,13 +17,18 @@ class OutputLayer:
     W: (D, d) float32, C-contiguous.  b: (D,) float32.  class_counts: (D,) int64 >= 0 or None
     (training frequencies, used by frequency-based builders). scoring: 'logit' (a softmax layer: classes
     ranked by o = w.h + b) or 'spherical' (a spherical softmax, p_c = (o_c^2 + epsilon) / sum_j (o_j^2 +
-    epsilon): classes ranked by o^2, both signs)."""
+    epsilon): classes ranked by o^2, both signs).
+
+    row_class: (D,) int32 permutation or None. None: row c of W and b is class c. Otherwise W and b are
+    stored in another order (an index keeps them in its buckets' order, see `permuted`): row r is class
+    row_class[r]. class_counts are always in class order."""
 
     W: np.ndarray
     b: np.ndarray
     class_counts: np.ndarray | None = None
     scoring: str = "logit"
     epsilon: float = 0.0
+    row_class: np.ndarray | None = None
 
     @classmethod
     def from_arrays(cls, W, b=None, class_counts=None, scoring: str = "logit", epsilon: float = 0.0) -> "OutputLayer":
@@ -60,6 +65,37 @@ class OutputLayer:
     @property
     def dim(self) -> int:
         return self.W.shape[1]
+
+    @cached_property
+    def class_row(self) -> np.ndarray | None:
+        """(D,) int32, the row of W holding each class (None when rows are in class order)."""
+        if self.row_class is None:
+            return None
+        out = np.empty(self.n_classes, np.int32)
+        out[self.row_class] = np.arange(self.n_classes, dtype=np.int32)
+        return out
+
+    def rows_of(self, classes: np.ndarray) -> np.ndarray:
+        """Class ids (any shape) -> the rows of W holding them."""
+        return classes if self.class_row is None else self.class_row[classes]
+
+    def class_b(self) -> np.ndarray:
+        """(D,) float32: b in class order (a copy when rows are permuted)."""
+        return self.b if self.class_row is None else self.b[self.class_row]
+
+    def permuted(self, order: np.ndarray) -> "OutputLayer":
+        """This layer with its rows stored in `order`: (D,) permutation of the current rows, row r of the
+        result being row order[r] of this one (W and b copied once)."""
+        W = np.ascontiguousarray(self.W[order])
+        row_class = order.astype(np.int32) if self.row_class is None else self.row_class[order]
+        return OutputLayer(W, self.b[order], self.class_counts, self.scoring, self.epsilon, row_class)
+
+    def in_class_order(self) -> "OutputLayer":
+        """This layer with row c holding class c (itself when it already does; else W copied once)."""
+        if self.row_class is None:
+            return self
+        return OutputLayer(np.ascontiguousarray(self.W[self.class_row]), self.b[self.class_row], self.class_counts,
+                           self.scoring, self.epsilon)
 
     @property
     def square(self) -> bool:

@@ -63,7 +63,7 @@ def tail_sample(layer, rows: int = TAIL_ROWS, seed: int = TAIL_SEED) -> TailSamp
     if D <= rows:
         ids, log_weight = np.arange(D), np.zeros(D)
     else:
-        b = np.zeros(D) if layer.square else layer.b.astype(np.float64)
+        b = np.zeros(D) if layer.square else layer.class_b().astype(np.float64)
         order = np.argsort(-b, kind="stable")
         prior = np.exp(np.maximum(b[order] - b[order[0]], -PRIOR_SPAN))
         cum = np.cumsum(prior)
@@ -77,7 +77,8 @@ def tail_sample(layer, rows: int = TAIL_ROWS, seed: int = TAIL_SEED) -> TailSamp
         ids, log_weight = order[pick], np.log(mass) - np.log(prior[pick])
     keep = np.argsort(ids)
     ids = ids[keep].astype(np.int64)
-    return TailSample(ids, np.ascontiguousarray(layer.W[ids]), layer.b[ids].copy(), log_weight[keep])
+    stored = layer.rows_of(ids)
+    return TailSample(ids, np.ascontiguousarray(layer.W[stored]), layer.b[stored].copy(), log_weight[keep])
 
 
 def _host(index):

@@ -17,7 +17,8 @@ def teacher_topk(layer: OutputLayer, H: np.ndarray, k: int, verbose: bool = True
     labels = np.empty((H.shape[0], k), np.int64)
     probs = np.empty((H.shape[0], k), np.float32)
     for lo in tqdm(range(0, H.shape[0], QUERY_BLOCK), desc="teacher top-k", disable=not verbose, unit="block"):
-        scores, labels[lo:lo + QUERY_BLOCK] = exact_topk(layer.W, layer.b, H[lo:lo + QUERY_BLOCK], k)
+        scores, labels[lo:lo + QUERY_BLOCK] = exact_topk(layer.W, layer.b, H[lo:lo + QUERY_BLOCK], k,
+                                                         labels=layer.row_class)
         e = np.exp(scores - scores[:, :1])
         probs[lo:lo + QUERY_BLOCK] = e / e.sum(axis=1, keepdims=True)
     return labels, probs

@@ -22,7 +22,7 @@ def _metric(index, Q: np.ndarray, k: int, true_labels: bool, labels, recall_k: i
         y = as_labels(labels, Q.shape[0], index.n_classes)
         check_k(recall_k, k)
         return f"R_true@{recall_k}", lambda lab: true_recall_at_k(lab, y, recall_k)
-    _, exact_labels = exact_topk(index.layer.W, index.layer.b, Q, 1)
+    _, exact_labels = exact_topk(index.layer.W, index.layer.b, Q, 1, labels=index.layer.row_class)
     return "P@1", lambda lab: p_at_k(lab, exact_labels, 1)
 
 

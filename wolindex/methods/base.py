@@ -5,6 +5,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..arrays import all_finite
 from ..engine import Buckets, PackedRows
 from ..layer import OutputLayer
 from ..params import BuildParams, SearchParams, check_int
@@ -23,7 +24,7 @@ def check_array(arrays: dict[str, np.ndarray], name: str, dtype, shape: tuple, f
     if a.ndim != len(shape) or any(want is not None and got != want for got, want in zip(a.shape, shape)):
         want = tuple("*" if s is None else s for s in shape)
         raise ValueError(f"arrays: {name} must have shape {want}, got {a.shape}")
-    if finite and a.dtype.kind == "f" and not np.isfinite(a).all():
+    if finite and a.dtype.kind == "f" and not all_finite(a):
         raise ValueError(f"arrays: {name} holds NaN or Inf")
     return a
 
@@ -106,8 +107,9 @@ class Method:
 
 class BucketMethod(Method):
     """A method whose index is buckets of classes (CSR `indptr`, `indices` among its arrays), checked on
-    construction, with the buckets' rows of W kept packed in memory for speed. Subclasses construct with
-    (layer, arrays, state), call this __init__ first, then check their own arrays."""
+    construction. Their rows are the layer's own, read through `packed` (no copy); an Index stores the layer
+    in `storage_order`, which makes each bucket a contiguous range of rows where a class's first bucket is.
+    Subclasses construct with (layer, arrays, state), call this __init__ first, then check their own arrays."""
 
     def __init__(self, layer: OutputLayer, arrays: dict[str, np.ndarray] | None = None,
                  state: dict[str, Any] | None = None):
@@ -118,12 +120,27 @@ class BucketMethod(Method):
             raise ValueError(f"arrays: indptr values must lie in [0, {indices.shape[0]}] (the length of indices)")
         self.buckets = Buckets(indptr, indices)
         self.buckets.validate(layer.n_classes)
-        self.packed = PackedRows.of(self.buckets, layer.W, layer.b)
+        self.packed = PackedRows(layer.W, layer.b, np.ascontiguousarray(layer.rows_of(indices), dtype=np.int32))
         self.screen_codes = self._screen_codes(layer) if SCREEN_ARRAYS[0] in self.arrays else None
 
     @classmethod
     def restore(cls, layer, arrays, state):
         return cls(layer, arrays, state)
+
+    def storage_order(self, layer: OutputLayer) -> np.ndarray:
+        """(D,) int64: the layer's rows in bucket order, each class where its first bucket holds it (then any
+        class no bucket holds), for Index to store the layer in (OutputLayer.permuted)."""
+        classes = self.buckets.indices
+        _, first = np.unique(classes, return_index=True)
+        held = np.zeros(layer.n_classes, bool)
+        held[classes] = True
+        order = np.concatenate([classes[np.sort(first)], np.flatnonzero(~held)])
+        return layer.rows_of(order).astype(np.int64)
+
+    def duplication(self) -> float:
+        """Bucket entries per class (1 for a partition): the rows a copy packed bucket by bucket would hold,
+        per row of W. Here a class's later entries read its one row (gathered, not streamed)."""
+        return self.buckets.indices.size / self.packed.W.shape[0]
 
     @staticmethod
     def screen_arrays(layer: OutputLayer, buckets: Buckets) -> dict[str, np.ndarray]:
@@ -146,7 +163,7 @@ class BucketMethod(Method):
         blocks, scale, mean = (self.arrays[name] for name in SCREEN_ARRAYS)
         if (blocks == -128).any() or (scale < 0).any():
             raise ValueError("arrays: screen_blocks must hold codes in [-127, 127] and screen_scale be >= 0")
-        return BucketCodes(blocks, scale, mean, self.buckets, layer.b)
+        return BucketCodes(blocks, scale, mean, self.buckets, layer.class_b())
 
     def screened(self, grid: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """A tuning grid, and with screening codes each of its settings with screen=n for n in SCREEN_GRID
@@ -168,7 +185,8 @@ class BucketMethod(Method):
             self.arrays[name] = np.ascontiguousarray(check_array(self.arrays, name, dtype, shape))
 
     def nbytes(self) -> int:
-        """Saved arrays plus the packed copy of the buckets' rows of W (and the screen's per-slot terms)."""
+        """Saved arrays plus each bucket entry's row id (and the screen's per-slot terms); the rows themselves
+        are the layer's."""
         extra = 0 if self.screen_codes is None else self.screen_codes.nbytes() - self.screen_codes.blocks.nbytes - \
             self.screen_codes.class_scale.nbytes
-        return super().nbytes() + self.packed.W.nbytes + self.packed.b.nbytes + self.packed.row_of.nbytes + extra
+        return super().nbytes() + self.packed.row_of.nbytes + extra

@@ -101,7 +101,8 @@ class HostOps:
 
     def exact(self, H, k: int):
         layer = self.layer
-        scores, labels = exact_topk(layer.W, layer.b, H, k, engine=self.engine, square=layer.square)
+        scores, labels = exact_topk(layer.W, layer.b, H, k, engine=self.engine, square=layer.square,
+                                    labels=layer.row_class)
         return scores, labels, np.full(H.shape[0], layer.n_classes, np.int64)
 
     def candidates(self, H, k: int, probes, path: str, rows: str = "packed", screen: int = 0):
@@ -118,7 +119,7 @@ class HostOps:
                 raise ValueError("screen: rescores the layer's own rows; search with rows='exact'")
             probes = check_probes(probes, method.buckets.n_buckets, H.shape[0])
             return screened_candidate_topk(layer.W, layer.b, H, k, method.screen_codes, probes, max(k, screen),
-                                           self.engine)
+                                           self.engine, layer.class_row)
         return candidate_topk(layer.W, layer.b, H, k, method.buckets, probes, engine=self.engine, path=path,
                               packed=getattr(method, rows), square=layer.square and method.supports_spherical)
 

@@ -1,0 +1,199 @@
+"""One copy of the rows: bucket methods store the layer in bucket order (OutputLayer.row_class) instead of
+a packed copy beside it; saved indexes hold the permuted rows, and load(mmap=True) maps them."""
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import wolindex
+from wolindex.layer import OutputLayer
+from wolindex.metrics import p_at_k
+
+from helpers import random_layer, random_queries
+
+D, DIM = 6000, 256
+W, B = random_layer(D, DIM, seed=31)
+H_TRAIN = random_queries(3000, DIM, seed=32)
+H = random_queries(50, DIM, seed=33)
+BUILDS = {
+    "adaptive": dict(cutoffs=[400, 2000]),
+    "lss": dict(n_buckets=40, n_tables=2, rounds=1),
+    "ds": dict(n_experts=8, start_experts=2, epochs_per_stage=0.2, final_epochs=0.2),
+}
+SETTINGS = {"adaptive": [{"margin": 1.0}, {"mode": "certified"}], "lss": [{"n_probe": 3}, {"n_probe": 3, "path": "grouped"}],
+            "ds": [{"n_probe": 2}]}
+
+
+@pytest.fixture(scope="module", params=sorted(BUILDS))
+def built(request):
+    method = request.param
+    return method, wolindex.build(W, B, method=method, train=H_TRAIN, verbose=False, **BUILDS[method])
+
+
+def unpermuted(index):
+    """The same built method over the layer in class order (what indexes held before permuted storage)."""
+    layer = index.layer.in_class_order()
+    method = type(index.method).restore(layer, dict(index.method.arrays), dict(index.method.state))
+    return wolindex.Index(layer, method, index.build_params, index.default_search)
+
+
+def test_bucket_methods_store_one_permuted_copy(built):
+    method, index = built
+    layer = index.layer
+    assert layer.row_class is not None and np.array_equal(np.sort(layer.row_class), np.arange(D))
+    np.testing.assert_array_equal(layer.W, W[layer.row_class])
+    np.testing.assert_array_equal(layer.class_b(), B)
+    assert index.method.packed.W is layer.W, "the buckets read the layer's rows, not a copy"
+    assert index.nbytes() <= 1.2 * W.nbytes, index.nbytes() / W.nbytes
+
+
+def test_permuted_storage_searches_like_class_order(built):
+    method, index = built
+    plain = unpermuted(index)
+    for settings in SETTINGS[method]:
+        got, ref = index.search(H, 7, return_n_scored=True, **settings), plain.search(H, 7, return_n_scored=True,
+                                                                                        **settings)
+        np.testing.assert_array_equal(got[1], ref[1])
+        np.testing.assert_allclose(got[0], ref[0], rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(got[2], ref[2])
+    exact = wolindex.build(W, B, verbose=False).search(H, 7)
+    np.testing.assert_array_equal(index.search_exact(H, 7)[1], exact[1])
+
+
+def test_adaptive_partition_is_stored_in_bucket_order(built):
+    method, index = built
+    if method != "adaptive":
+        pytest.skip("a partition")
+    np.testing.assert_array_equal(index.method.packed.row_of, np.arange(D))   # every bucket contiguous
+    assert index.method.duplication() == 1.0
+
+
+def test_ties_break_by_class_id_on_permuted_rows():
+    """Classes with equal scores come smallest id first whatever order their rows are stored in."""
+    Wi, bi = random_layer(400, 8, seed=5, integer=True)
+    Wi[200:] = Wi[:200]
+    bi[200:] = bi[:200]
+    Hi = random_queries(30, 8, seed=6, integer=True)
+    index = wolindex.build(Wi, bi, method="adaptive", train=random_queries(500, 8, seed=7, integer=True),
+                           cutoffs=[40, 150], verbose=False)
+    assert not np.array_equal(index.layer.row_class, np.arange(400))
+    ref = wolindex.build(Wi, bi, verbose=False).search(Hi, 12)
+    for got in (index.search_exact(Hi, 12), index.search(Hi, 12, mode="certified")):
+        np.testing.assert_array_equal(got[1], ref[1])
+        np.testing.assert_array_equal(got[0], ref[0])
+
+
+@pytest.mark.parametrize("with_layer", [True, False])
+def test_saved_index_holds_the_permuted_rows(tmp_path, built, with_layer):
+    method, index = built
+    index.save(tmp_path / "i", with_layer=with_layer)
+    layer = None if with_layer else OutputLayer.from_arrays(W, B)
+    loaded = wolindex.load(tmp_path / "i", mmap=True, layer=layer)
+    np.testing.assert_array_equal(loaded.layer.row_class, index.layer.row_class)
+    for a, c in zip(index.search(H, 5, return_n_scored=True), loaded.search(H, 5, return_n_scored=True)):
+        np.testing.assert_array_equal(a, c)
+    if with_layer:
+        assert loaded.mapped_nbytes() >= W.nbytes
+        stats = loaded.stats()
+        assert stats["mapped_bytes"] + stats["resident_bytes"] == stats["index_bytes"]
+
+
+@pytest.mark.parametrize("method,build", [("adaptive", dict(cutoffs=[400, 4000])),
+                                          ("lss", dict(n_buckets=64, n_tables=2, rounds=1))])
+def test_mmap_load_allocates_nothing_of_the_size_of_w(tmp_path, method, build):
+    """load(mmap=True) of a bucket index allocates under 0.1x W, checksums verified (no D x d array: the rows
+    stay mapped, their SHA-256 and finiteness are read from the file in fixed-size pieces; what remains is
+    a few bytes per class, which d = 256 makes small beside a row)."""
+    Wm, bm = random_layer(40000, 256, seed=45)
+    wolindex.build(Wm, bm, method=method, train=H_TRAIN, verbose=False, **build).save(tmp_path / "i.wol")
+    wolindex.load(tmp_path / "i.wol", mmap=True)             # imports and compiled kernels: not the load's memory
+    tracemalloc.start()
+    try:
+        loaded = wolindex.load(tmp_path / "i.wol", mmap=True)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 0.1 * Wm.nbytes, peak / Wm.nbytes
+    assert loaded.mapped_nbytes() >= Wm.nbytes and isinstance(loaded.layer.W, np.memmap)
+
+
+def test_a_damaged_row_order_is_refused(tmp_path, built):
+    method, index = built
+    index.save(tmp_path / "i")
+    path = tmp_path / "i" / "layer.row_class.npy"
+    order = np.load(path)
+    order[1] = order[0]
+    np.save(path, order)
+    with pytest.raises(ValueError, match="layer.row_class must be an int32 permutation"):
+        wolindex.load(tmp_path / "i", verify=False)
+
+
+def test_building_on_an_index_layer_builds_on_the_class_order(built):
+    method, index = built
+    again = wolindex.build(index.layer, method="exact", verbose=False)
+    assert again.layer.row_class is None
+    np.testing.assert_array_equal(again.layer.W, W)
+    lab = again.search(H, 3)[1]
+    assert p_at_k(lab, wolindex.build(W, B, verbose=False).search(H, 3)[1], 3) == 1.0
+
+
+def build_peak(method, W_, H_, **build):
+    """tracemalloc's peak of NumPy's allocations during wolindex.build (the inputs already allocated)."""
+    tracemalloc.start()
+    try:
+        index = wolindex.build(W_, np.zeros(W_.shape[0], np.float32), method=method, train=H_, verbose=False, **build)
+        return index, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("method,build", [
+    ("adaptive", dict(cost_queries=256)),
+    ("lss", dict(n_buckets=64, n_tables=2, rounds=1)),
+])
+def test_builds_hold_little_beyond_the_permuted_copy(monkeypatch, method, build):
+    """Builders work on blocks of classes and queries: on a layer whose k-means samples and score blocks are
+    smaller than it (limits lowered so a small layer shows it), a build allocates at most the permuted copy
+    of W the index keeps plus 0.5x W."""
+    from wolindex.methods.adaptive import bounds, gates
+    from wolindex.methods.lss import hashing
+
+    monkeypatch.setattr(hashing, "KMEANS_FIT_ROWS", 4000)
+    monkeypatch.setattr(hashing, "ASSIGN_ROWS", 2000)
+    monkeypatch.setattr(bounds, "FIT_ROWS", 2000)
+    monkeypatch.setattr(bounds, "ASSIGN_ROWS", 2000)
+    monkeypatch.setattr(gates, "SCORE_CELLS", 1 << 18)
+    Wl = random_layer(40000, 64, seed=41)[0]
+    Hl = random_queries(2000, 64, seed=42)
+    build_peak(method, Wl[:3000], Hl, **build)             # imports and compiled kernels: not the build's memory
+    index, peak = build_peak(method, Wl, Hl, **build)
+    assert peak <= 1.5 * Wl.nbytes, peak / Wl.nbytes
+    assert index.nbytes() <= 1.2 * Wl.nbytes
+
+
+def test_lss_kmeans_on_a_sample_assigns_every_row_to_its_nearest_centroid(monkeypatch):
+    from wolindex.methods.lss import hashing
+
+    monkeypatch.setattr(hashing, "KMEANS_FIT_ROWS", 500)
+    monkeypatch.setattr(hashing, "ASSIGN_ROWS", 700)
+    Wk = random_layer(3000, 16, seed=43)[0]
+    labels, centroids = hashing.kmeans_buckets(Wk, 12, seed=0)
+    X = Wk / np.linalg.norm(Wk, axis=1, keepdims=True)
+    dist = ((X[:, None, :] - centroids[None]) ** 2).sum(axis=2)
+    picked = dist[np.arange(3000), labels]
+    assert labels.shape == (3000,) and np.all(picked <= dist.min(axis=1) + 1e-5)
+
+
+def test_adaptive_blocks_fitted_on_a_sample_partition_each_cluster(monkeypatch):
+    from wolindex.methods.adaptive import bounds
+
+    monkeypatch.setattr(bounds, "FIT_ROWS", 300)
+    monkeypatch.setattr(bounds, "ASSIGN_ROWS", 500)
+    Wb = random_layer(2000, 8, seed=44)[0]
+    clusters = [np.arange(0, 100), np.arange(100, 2000)]
+    blocks, ptr = bounds.bounding_blocks(clusters, Wb, 64, seed=0)
+    assert ptr[0] == 0 and ptr[-1] == len(blocks)
+    for j, rows in enumerate(clusters):
+        mine = np.concatenate(blocks[ptr[j]:ptr[j + 1]])
+        np.testing.assert_array_equal(np.sort(mine), rows)
+    assert ptr[2] - ptr[1] >= 20 and all(len(x) for x in blocks)
