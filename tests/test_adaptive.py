@@ -10,7 +10,7 @@ from wolindex.contrib.datasets import synthetic
 from wolindex.engine.dispatch import merge_topk
 from wolindex.methods import adaptive
 from wolindex.methods.adaptive.clusters import (check_cutoffs, choose_cutoffs, geometric_cutoffs,
-                                                 ideal_opening_cost)
+                                                 ideal_opening_cost, opened_rows)
 from wolindex.metrics import p_at_k
 from helpers import assert_topk_matches, random_layer, random_queries
 
@@ -237,8 +237,8 @@ def test_cutoff_helpers():
     assert geometric_cutoffs(100, 10, 40, 1.0).tolist() == [10, 50]          # a last cluster of 10 joins: 40, 50
     assert check_cutoffs(np.array([3, 7]), 10).tolist() == [3, 7]
     # one query, head [0, 2), clusters [2, 4), [4, 10); the query's tail hits lie at ranks 2 and 3 only
-    cost = ideal_opening_cost(np.array([2, 4]), np.array([0, 0]), np.array([2, 3]), 1, 10)
-    assert cost == 2 + 2 + 2
+    opened = opened_rows(np.array([2, 4]), np.array([0, 0]), np.array([2, 3]), 10)
+    assert opened == 2 and ideal_opening_cost(np.array([2, 4]), opened, 1) == 2 + 2 + 2
     logits = np.tile(np.arange(10, 0, -1, dtype=np.float32), (4, 1))   # frequency order = logit order
     cutoffs, cost = choose_cutoffs([logits], 10, 1)
     assert cutoffs[0] >= 1 and cost >= cutoffs[0]

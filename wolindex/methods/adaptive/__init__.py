@@ -132,17 +132,16 @@ class AdaptiveSoftmax(BucketMethod):
             raise ValueError("W: method 'adaptive' needs at least 2 classes")
         counts, source = _class_frequencies(layer, train, labels)
         order = frequency_order(counts)
-        W_rank, b_rank = layer.W[order], layer.b[order]
         if params.cutoffs is not None:
             cutoffs, source_cut = check_cutoffs(list(params.cutoffs), D), "given"
         else:
             sample = train[np.random.default_rng(params.seed).permutation(train.shape[0])[:params.cost_queries]]
             cutoffs, _ = choose_cutoffs(
-                log_scores_by_rank(layer, W_rank, b_rank, sample, verbose, "adaptive: cutoffs"), D, params.cost_k)
+                log_scores_by_rank(layer, order, sample, verbose, "adaptive: cutoffs"), D, params.cost_k)
             source_cut = "expected cost"
         head = int(cutoffs[0])
         starts = cutoffs - head
-        V, c, rmse = fit_gates(layer, W_rank[head:], b_rank[head:], starts, train, params.gate_target,
+        V, c, rmse = fit_gates(layer, order[head:], starts, train, params.gate_target,
                                params.ridge, verbose)
         ends = np.r_[cutoffs, D]
         clusters = [order[lo:hi] for lo, hi in zip(ends[:-1], ends[1:])]

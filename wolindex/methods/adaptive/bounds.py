@@ -10,22 +10,33 @@ from .gates import log_scores
 UNIT_ROUNDOFF = 2.0 ** -24
 BLOCK_BOUNDS = ("block_radius", "block_bias_max", "block_bias_min", "block_norm_max")
 ROUTER_ARRAYS = ("gate_V", "gate_c", "block_centre") + BLOCK_BOUNDS
+FIT_ROWS = 1 << 16         # k-means of a cluster is fitted on at most max(FIT_ROWS, 8 x its blocks) of its rows
+ASSIGN_ROWS = 1 << 16      # rows assigned to their nearest centre at a time
 
 
 def bounding_blocks(cluster_rows: list[np.ndarray], W: np.ndarray, block: int, seed: int):
-    """Split each tail cluster's classes (arrays of class ids) into blocks of about `block` rows by k-means.
-    Returns the blocks (list of class-id arrays, each cluster's blocks consecutive) and cluster_ptr
-    (J + 1,) int64: cluster j owns blocks cluster_ptr[j]:cluster_ptr[j + 1]."""
+    """Split each tail cluster's classes (arrays of class ids) into blocks of about `block` rows by k-means
+    (fitted on a seeded sample of a large cluster's rows, then every row assigned to its nearest centre a
+    block of rows at a time, so no copy of a cluster's rows is made). Returns the blocks (list of class-id
+    arrays, each cluster's blocks consecutive) and cluster_ptr (J + 1,) int64: cluster j owns blocks
+    cluster_ptr[j]:cluster_ptr[j + 1]."""
     from sklearn.cluster import KMeans
 
     blocks, ptr = [], [0]
+    rng = np.random.default_rng(seed)
     for rows in cluster_rows:
         n_blocks = -(-rows.size // block)
         if n_blocks == 1:
             blocks.append(rows)
         else:
-            assign = KMeans(n_blocks, n_init=1, max_iter=20, random_state=seed).fit_predict(W[rows])
-            blocks.extend(rows[assign == j] for j in range(n_blocks) if np.any(assign == j))
+            fit_rows = max(FIT_ROWS, 8 * n_blocks)
+            sample = rows if rows.size <= fit_rows else np.sort(rng.choice(rows, fit_rows, replace=False))
+            km = KMeans(n_blocks, n_init=1, max_iter=20, random_state=seed).fit(W[sample])
+            assign = np.concatenate([km.predict(W[rows[lo:lo + ASSIGN_ROWS]])
+                                     for lo in range(0, rows.size, ASSIGN_ROWS)])
+            grouped = rows[np.argsort(assign, kind="stable")]
+            ends = np.searchsorted(np.sort(assign), np.arange(n_blocks + 1))
+            blocks.extend(grouped[a:z] for a, z in zip(ends[:-1], ends[1:]) if z > a)
         ptr.append(len(blocks))
     return blocks, np.array(ptr, np.int64)
 

@@ -47,16 +47,21 @@ def geometric_cutoffs(n_classes: int, head: int, first: int, ratio: float) -> np
     return np.array(ends[:-1], np.int64)
 
 
-def ideal_opening_cost(cutoffs: np.ndarray, hit_query: np.ndarray, hit_rank: np.ndarray, n_queries: int,
-                       n_classes: int) -> float:
+def ideal_opening_cost(cutoffs: np.ndarray, opened: int, n_queries: int) -> float:
     """Expected rows scored per query with ideal gates: the head, one gate per tail cluster, and every
-    tail cluster that holds a class beating the head's k-th best. hit_query / hit_rank (n_hits,): the
-    sample queries' tail classes (by frequency rank) that beat it, for this head (cutoffs[0])."""
+    tail cluster that holds a class beating the head's k-th best (opened: their rows summed over the
+    n_queries sample queries, see opened_rows)."""
+    return float(cutoffs[0] + cutoffs.size + opened / n_queries)
+
+
+def opened_rows(cutoffs: np.ndarray, hit_query: np.ndarray, hit_rank: np.ndarray, n_classes: int) -> int:
+    """Rows of the tail clusters that must be opened, summed over queries: hit_query / hit_rank (n_hits,)
+    are the sample queries' tail classes (by frequency rank) that beat the k-th best of the head
+    (cutoffs[0])."""
     bounds = np.r_[cutoffs, n_classes]
     cluster = np.searchsorted(bounds, hit_rank, side="right") - 1
     pairs = np.unique(hit_query.astype(np.int64) * bounds.size + cluster)
-    opened_rows = np.diff(bounds)[pairs % bounds.size].sum()
-    return float(cutoffs[0] + cutoffs.size + opened_rows / n_queries)
+    return int(np.diff(bounds)[pairs % bounds.size].sum())
 
 
 def tail_hits(logits_by_rank: np.ndarray, head: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -74,21 +79,19 @@ def choose_cutoffs(logit_blocks, n_classes: int, k: int) -> tuple[np.ndarray, fl
     growth ratios (GROWTH_RATIOS). logit_blocks: an iterable of (n_i, D) logits in frequency order.
     Returns the cutoffs and their expected rows scored per query."""
     heads = [h for h in (HEAD_MIN << i for i in range(40)) if h < n_classes] or [max(1, n_classes // 2)]
-    hits = {h: ([], []) for h in heads}
+    candidates = {h: [geometric_cutoffs(n_classes, h, max(1, int(factor * h)), ratio)
+                      for factor in FIRST_FACTORS for ratio in GROWTH_RATIOS] for h in heads}
+    opened = {h: np.zeros(len(c), np.int64) for h, c in candidates.items()}
     n_queries = 0
-    for block in logit_blocks:
+    for block in logit_blocks:          # one block's hits at a time: memory bounded by the block
         for h in heads:
             q, r = tail_hits(block, h, k)
-            hits[h][0].append(q + n_queries)
-            hits[h][1].append(r)
+            opened[h] += [opened_rows(cutoffs, q, r, n_classes) for cutoffs in candidates[h]]
         n_queries += block.shape[0]
     best, best_cost = None, np.inf
     for h in heads:
-        q, r = np.concatenate(hits[h][0]), np.concatenate(hits[h][1])
-        for factor in FIRST_FACTORS:
-            for ratio in GROWTH_RATIOS:
-                cutoffs = geometric_cutoffs(n_classes, h, max(1, int(factor * h)), ratio)
-                cost = ideal_opening_cost(cutoffs, q, r, n_queries, n_classes)
-                if cost < best_cost:
-                    best, best_cost = cutoffs, cost
+        for cutoffs, rows in zip(candidates[h], opened[h]):
+            cost = ideal_opening_cost(cutoffs, rows, n_queries)
+            if cost < best_cost:
+                best, best_cost = cutoffs, cost
     return best, best_cost

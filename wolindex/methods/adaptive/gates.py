@@ -7,6 +7,7 @@ import numpy as np
 from ..._numeric import with_one_column
 
 QUERY_BLOCK = 512          # training queries per product while fitting
+SCORE_CELLS = 1 << 24      # at most this many (query, class) scores at once: fewer queries per block at large D
 
 
 def log_scores(outputs, square: bool, epsilon: float, xp=np):
@@ -17,12 +18,20 @@ def log_scores(outputs, square: bool, epsilon: float, xp=np):
     return xp.log(outputs * outputs + max(epsilon, 1e-30))
 
 
-def log_scores_by_rank(layer, rows_W, rows_b, H, verbose, desc):
-    """Yield (n, D') float32 log-scores of H's blocks against rows in frequency order."""
+def query_block(n_classes: int) -> int:
+    """Queries per block of log_scores_by_rank: QUERY_BLOCK, fewer when n_classes is large."""
+    return max(1, min(QUERY_BLOCK, SCORE_CELLS // n_classes))
+
+
+def log_scores_by_rank(layer, classes, H, verbose, desc):
+    """Yield (n, D') float32 log-scores of H's blocks (query_block(D) queries each) against the classes
+    (D',) in the given (frequency) order; the layer's rows are read where they are, never copied."""
     from tqdm.auto import tqdm
 
-    for lo in tqdm(range(0, H.shape[0], QUERY_BLOCK), desc=desc, disable=not verbose, unit="block"):
-        yield log_scores(H[lo:lo + QUERY_BLOCK] @ rows_W.T + rows_b, layer.square, layer.epsilon)
+    step = query_block(layer.n_classes)
+    for lo in tqdm(range(0, H.shape[0], step), desc=desc, disable=not verbose, unit="block"):
+        scores = H[lo:lo + step] @ layer.W.T + layer.b
+        yield log_scores(scores[:, layer.rows_of(classes)], layer.square, layer.epsilon)
 
 
 def _cluster_targets(logits: np.ndarray, starts: np.ndarray, target: str) -> np.ndarray:
@@ -34,17 +43,18 @@ def _cluster_targets(logits: np.ndarray, starts: np.ndarray, target: str) -> np.
     return best + np.log(np.add.reduceat(np.exp(logits - spread), starts, axis=1))
 
 
-def fit_gates(layer, tail_W, tail_b, starts, H, target, ridge, verbose):
-    """Least-squares gates [h, 1] -> cluster target. tail_W (T, d), tail_b (T,) in frequency order,
+def fit_gates(layer, tail, starts, H, target, ridge, verbose):
+    """Least-squares gates [h, 1] -> cluster target. tail (T,) the tail's class ids in frequency order,
     starts (J,) cluster starts within the tail, H (N, d) -> V (J, d) float32, c (J,) float32, and the
     training RMSE per cluster (J,)."""
     d = H.shape[1]
     xtx = np.zeros((d + 1, d + 1))
     xty = np.zeros((d + 1, starts.size))
     yty = np.zeros(starts.size)
-    for lo, logits in zip(range(0, H.shape[0], QUERY_BLOCK),
-                          log_scores_by_rank(layer, tail_W, tail_b, H, verbose, "adaptive: gate targets")):
-        X = with_one_column(H[lo:lo + QUERY_BLOCK], dtype=np.float64)
+    step = query_block(layer.n_classes)
+    for lo, logits in zip(range(0, H.shape[0], step),
+                          log_scores_by_rank(layer, tail, H, verbose, "adaptive: gate targets")):
+        X = with_one_column(H[lo:lo + step], dtype=np.float64)
         Y = _cluster_targets(logits, starts, target).astype(np.float64)
         xtx += X.T @ X
         xty += X.T @ Y

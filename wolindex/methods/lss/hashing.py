@@ -61,17 +61,33 @@ class HashTable:
         self.V, self.c = params["V"], params["c"]
 
 
-KMEANS_SAMPLES = 5_000_000   # rows k-means passes over at most (50 epochs of 10^5 rows, 5 of 10^6)
+KMEANS_SAMPLES = 5_000_000   # rows k-means passes over at most (50 epochs of 10^5 rows, 19 of 2^18)
+KMEANS_FIT_ROWS = 1 << 18    # k-means is fitted on at most this many rows (a seeded sample), then every row is
+                             # assigned to its nearest centroid a block at a time: memory stays bounded
+ASSIGN_ROWS = 1 << 16
+
+
+def _unit_rows(W: np.ndarray) -> np.ndarray:
+    return W / np.maximum(np.linalg.norm(W, axis=1, keepdims=True), 1e-12)
 
 
 def kmeans_buckets(W: np.ndarray, n_buckets: int, seed: int):
     """Label -> bucket (D,) int64 from k-means of W's rows (normalised), and the centroids (B, d) float32."""
     from sklearn.cluster import MiniBatchKMeans
 
-    X = W / np.maximum(np.linalg.norm(W, axis=1, keepdims=True), 1e-12)
+    D = W.shape[0]
+    sample = np.sort(np.random.default_rng(seed).choice(D, KMEANS_FIT_ROWS, replace=False)) if D > KMEANS_FIT_ROWS \
+        else None
+    X = _unit_rows(W if sample is None else W[sample])
     epochs = int(np.clip(KMEANS_SAMPLES // X.shape[0], 1, 50))
     km = MiniBatchKMeans(n_buckets, random_state=seed, batch_size=4096, n_init=1, max_iter=epochs).fit(X)
-    return km.labels_.astype(np.int64), km.cluster_centers_.astype(np.float32)
+    centroids = km.cluster_centers_.astype(np.float32)
+    if sample is None:
+        return km.labels_.astype(np.int64), centroids
+    half_sq = 0.5 * (centroids * centroids).sum(axis=1)
+    labels = np.concatenate([np.argmax(_unit_rows(W[lo:lo + ASSIGN_ROWS]) @ centroids.T - half_sq, axis=1)
+                             for lo in range(0, D, ASSIGN_ROWS)])
+    return labels.astype(np.int64), centroids
 
 
 def reassign(n_buckets: int, landing: np.ndarray, y: np.ndarray, n_classes: int, max_copies: int,
@@ -99,7 +115,8 @@ def reassign(n_buckets: int, landing: np.ndarray, y: np.ndarray, n_classes: int,
     all_buckets = np.r_[bucket[keep], fallback[~seen]]
     order = np.lexsort((all_labels, all_buckets))
     bounds = np.searchsorted(all_buckets[order], np.arange(n_buckets + 1))
-    return [all_labels[order][a:z] for a, z in zip(bounds[:-1], bounds[1:])]
+    grouped = all_labels[order]
+    return [grouped[a:z] for a, z in zip(bounds[:-1], bounds[1:])]
 
 
 def target_buckets(bucket_lists, y, rng) -> np.ndarray:
