@@ -26,26 +26,33 @@ PANELS = [("P@1", "speedup_b1", "P@1 (agreement with exact top-1)", "speedup ove
           ("R_true@1", "speedup_b256", "R_true@1 (true next word at rank 1)", "speedup over exact, batch 256")]
 
 
+OURS = ("exact", "adaptive", "lss", "ds", "screen")   # drawn solid with dots; the peers dashed with crosses
+
+
 def plot(result: dict, out: Path, extra_rows: list | None = None) -> None:
     rows_all = result["rows"] + (extra_rows or [])
     methods = list(dict.fromkeys(r["label"] for r in rows_all))
-    fig, axes = plt.subplots(2, 2, figsize=(12, 9))
+    ours = {r["label"] for r in rows_all if r["method"] in OURS}
+    colours = plt.get_cmap("tab20" if len(methods) > 10 else "tab10")
+    fig, axes = plt.subplots(2, 2, figsize=(12, 9 + 0.15 * len(methods)))
     for ax, (acc, speed, xlabel, ylabel) in zip(axes.flat, PANELS):
         for i, method in enumerate(methods):
             rows = [r for r in rows_all if r["label"] == method]
-            colour = f"C{i}"
+            colour = colours(i % colours.N)
+            style = "-o" if method in ours else "--x"
             ax.scatter([r[acc] for r in rows], [r[speed] for r in rows], color=colour, s=14, alpha=0.6)
             front = pareto_front(rows, acc, speed)
-            ax.plot([r[acc] for r in front], [r[speed] for r in front], "-o", color=colour, ms=4, label=method)
+            ax.plot([r[acc] for r in front], [r[speed] for r in front], style, color=colour, ms=4, label=method)
         ax.set_yscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0, 0].legend(loc="best")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)
     m = result["machine"]
     fig.suptitle(f"{result['dataset']} (D={result['n_classes']:,}, d={result['dim']}), {result['n_test']:,} queries, "
                  f"k={result['k']}, {result['threads']} threads, {m['cpu']}, {result['dtype']}")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.03 * (1 + len(methods) // 4), 1, 1))
     fig.savefig(out, dpi=110)
     plt.close(fig)
 

@@ -164,13 +164,49 @@ def summary_block(results: Path = RESULTS) -> str:
         f"accuracy target; - where no setting tried reaches it. {SUMMARY_DATASET} (D={common('n_classes', '{:,}')}, "
         f"d={common('dim')}), {common('n_test', '{:,}')} test queries, k={common('k')}, {common('threads')} threads, "
         f"{common('machine.cpu')}, {common('dtype')}; R_true@1 target: the full softmax's {reference} minus "
-        f"{SUMMARY_RECALL_GAP}. Each method's best over every configuration in its result files.", "",
+        f"{SUMMARY_RECALL_GAP}. Each method's best over every configuration in its result files; methods that "
+        f"reach none of the targets are left out.", "",
         "| method | " + " | ".join(f"{m} >= {f}" for m, f in floors) + " | result files |",
         "|---|" + "---:|" * len(floors) + "---|"]
     for method, paths in sources.items():
         mine = [r for r in rows if r["method"] == method]
         cells = [floor_cell(mine, m, f) for m, f in floors]
+        if all(cell == "- / -" for cell in cells):
+            continue
         lines.append(f"| {method} | " + " | ".join(cells) + " | " + ", ".join(source_link(p) for p in paths) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# --- ours against the peers, within one run -------------------------------------------------------------
+
+OURS = ("exact", "adaptive", "lss", "ds", "screen")
+PEER_FLOORS = (0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+
+
+def peers_block(path: Path) -> str:
+    """Per P@1 floor and batch: the fastest peer setting (every method but ours) and our fastest, from one
+    run of benchmarks/run.py."""
+    result = json.loads(path.read_text())
+    ours = [r for r in result["rows"] if r["method"] in OURS and r["method"] != "exact"]
+    peers = [r for r in result["rows"] if r["method"] not in OURS]
+
+    def cell(rows, floor, batch):
+        r = best_speedup(rows, "P@1", floor, f"speedup_b{batch}")
+        if r is None:
+            return "- | -"
+        settings = ", ".join(f"{a}={b}" for a, b in r["search"].items())
+        return f"{r['label']} ({settings}) | x{r[f'speedup_b{batch}']:.2f}"
+
+    lines = [f"{result['dataset']} (D={result['n_classes']:,}, d={result['dim']}), {result['n_test']:,} test queries, "
+             f"k={result['k']}, {result['threads']} threads, {result['machine']['cpu']}, {result['dtype']}: the "
+             f"fastest setting reaching each P@1 floor, speedup over exact timed in the same run; from "
+             f"{source_link(path)}.", "",
+             "| P@1 >= | best peer, batch 1 | x exact | ours, batch 1 | x exact | best peer, batch 256 | x exact | "
+             "ours, batch 256 | x exact |",
+             "|---:|---|---:|---|---:|---|---:|---|---:|"]
+    for floor in PEER_FLOORS:
+        lines.append(f"| {floor} | " + " | ".join(cell(rows, floor, batch) for batch in (1, 256)
+                                                   for rows in (peers, ours)) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -326,7 +362,9 @@ def blocks(results: Path = RESULTS) -> dict[str, dict[str, str]]:
     bench["screen-kernel"] = screen_kernel_block(newest("screen-kernel", results))
     bench["blas-spin"] = blas_spin_block(newest("blas-spin", results))
     bench["generate"] = generate_block(newest(f"generate-{SUMMARY_DATASET}", results))
-    return {"BENCHMARKS.md": bench, "README.md": {"summary": summary}}
+    peers = {f"peers-{name}": peers_block(newest(f"full-{name}", results)) for name in ("debian-lm-100k", "debian-cbow")}
+    bench.update(peers)
+    return {"BENCHMARKS.md": bench, "README.md": {"summary": summary, "peers-debian-lm-100k": peers["peers-debian-lm-100k"]}}
 
 
 MARKER = re.compile(r"<!-- results:([\w.-]+) -->\n(.*?)<!-- /results:\1 -->", re.S)
