@@ -7,7 +7,7 @@ import numpy as np
 from ..._numeric import with_one_column
 
 QUERY_BLOCK = 512          # training queries per product while fitting
-SCORE_CELLS = 1 << 24      # at most this many (query, class) scores at once: fewer queries per block at large D
+SCORE_CELLS = 1 << 22      # at most this many (query, class) scores at once: fewer queries per block at large D
 
 
 def log_scores(outputs, square: bool, epsilon: float, xp=np):
@@ -35,12 +35,12 @@ def log_scores_by_rank(layer, classes, H, verbose, desc):
 
 
 def _cluster_targets(logits: np.ndarray, starts: np.ndarray, target: str) -> np.ndarray:
-    """(n, T) tail logits -> (n, J) each cluster's best logit ('max') or log-sum-exp ('mass')."""
+    """(n, T) tail logits (overwritten) -> (n, J) each cluster's best logit ('max') or log-sum-exp ('mass')."""
     best = np.maximum.reduceat(logits, starts, axis=1)
     if target == "max":
         return best
-    spread = np.repeat(best, np.diff(np.r_[starts, logits.shape[1]]), axis=1)
-    return best + np.log(np.add.reduceat(np.exp(logits - spread), starts, axis=1))
+    logits -= np.repeat(best, np.diff(np.r_[starts, logits.shape[1]]), axis=1)
+    return best + np.log(np.add.reduceat(np.exp(logits, out=logits), starts, axis=1))
 
 
 def fit_gates(layer, tail, starts, H, target, ridge, verbose):
