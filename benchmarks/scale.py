@@ -141,7 +141,8 @@ def load_job(job: dict) -> dict:
     index.search(H, job["k"])
     searched = rss()
     W_bytes = index.layer.W.nbytes
-    return {"mapped_bytes": index.mapped_nbytes(), "load_rss": {"before": before, "loaded": loaded, "searched": searched},
+    return {"mapped_bytes": index.mapped_nbytes(),
+            "load_rss": {"before": before, "loaded": loaded, "searched": searched},
             "load_added_over_W": (loaded["rss"] - before["rss"]) / W_bytes,
             "load_added_anon_over_W": (loaded["anon"] - before["anon"]) / W_bytes,
             "first_search_added_over_W": (searched["rss"] - loaded["rss"]) / W_bytes}
@@ -185,7 +186,8 @@ def main(argv=None):
                        **{key: layer[key] for key in ("dataset", "n_test") if key in layer},
                        "options": layer.get("options", {}), "n_train": layer.get("n_train", 10 ** 9),
                        "method": spec["method"], "build": spec.get("build", {}),
-                       "path": os.path.join(tmp, f"{layer['name']}-{spec.get('label', spec['method'])}".replace(" ", "_"))}
+                       "path": os.path.join(tmp, f"{layer['name']}-{spec.get('label', spec['method'])}"
+                                            .replace(" ", "-"))}
                 t0 = time.perf_counter()
                 row = {"layer": layer["name"], "label": spec.get("label", spec["method"]), **spec,
                        **run_child("build", job)}

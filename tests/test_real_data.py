@@ -177,7 +177,8 @@ def test_screen_certified_is_exact(sub):
     assert_topk_matches(scores, labels, logits, K)
     scored = mean_candidates(n_scored)
     print(f"\nscreen certified: n_scored={scored:.1f} (max {n_scored.max()})")
-    assert scored <= SCREEN_CERTIFIED_CEILING[0], f"certified screen: {scored:.1f} rescored > {SCREEN_CERTIFIED_CEILING}"
+    assert scored <= SCREEN_CERTIFIED_CEILING[0], \
+        f"certified screen: {scored:.1f} rescored > {SCREEN_CERTIFIED_CEILING}"
 
 
 def test_screened_lss_keeps_its_accuracy(sub):

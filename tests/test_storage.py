@@ -20,7 +20,8 @@ BUILDS = {
     "lss": dict(n_buckets=40, n_tables=2, rounds=1),
     "ds": dict(n_experts=8, start_experts=2, epochs_per_stage=0.2, final_epochs=0.2),
 }
-SETTINGS = {"adaptive": [{"margin": 1.0}, {"mode": "certified"}], "lss": [{"n_probe": 3}, {"n_probe": 3, "path": "grouped"}],
+SETTINGS = {"adaptive": [{"margin": 1.0}, {"mode": "certified"}],
+            "lss": [{"n_probe": 3}, {"n_probe": 3, "path": "grouped"}],
             "ds": [{"n_probe": 2}]}
 
 

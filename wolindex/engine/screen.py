@@ -364,18 +364,21 @@ class BucketCodes:
 
     @classmethod
     def encode(cls, W: np.ndarray, b: np.ndarray, buckets) -> "BucketCodes":
-        """Code W's rows (minus their mean, one scale per class) into the buckets' layout."""
-        mean = W.astype(np.float64).mean(axis=0).astype(np.float32)
-        codes, scales = [], []
-        for lo in range(0, W.shape[0], ROW_BLOCK):
-            part = quantize(W[lo:lo + ROW_BLOCK] - mean)
-            codes.append(part[0])
-            scales.append(part[1])
-        codes = np.concatenate(codes)
+        """Code W's rows (minus their mean, one scale per class) into the buckets' layout, a block of rows at a
+        time written straight to the slots that hold them."""
+        mean = W.mean(axis=0, dtype=np.float64).astype(np.float32)
         _, slot_class = cls.layout(buckets)
-        slots = np.zeros((slot_class.size, codes.shape[1]), np.int8)
-        real = slot_class >= 0
-        slots[real] = codes[slot_class[real]]
+        real = np.flatnonzero(slot_class >= 0)
+        by_class = real[np.argsort(slot_class[real], kind="stable")]
+        sorted_class = slot_class[by_class]
+        slots, scales = None, []
+        for lo in range(0, W.shape[0], ROW_BLOCK):
+            codes, scale = quantize(W[lo:lo + ROW_BLOCK] - mean)
+            if slots is None:
+                slots = np.zeros((slot_class.size, codes.shape[1]), np.int8)
+            a, z = np.searchsorted(sorted_class, [lo, lo + codes.shape[0]])
+            slots[by_class[a:z]] = codes[sorted_class[a:z] - lo]
+            scales.append(scale)
         return cls(to_blocks(slots), np.concatenate(scales), mean, buckets, b)
 
     def __post_init__(self):

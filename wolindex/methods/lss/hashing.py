@@ -39,8 +39,9 @@ class HashTable:
     def __init__(self, V: np.ndarray, c: np.ndarray):
         self.V, self.c = V, c
 
-    def landing(self, H: np.ndarray, block: int = 65536) -> np.ndarray:
-        """(N,) int64: each query's best bucket (computed `block` queries at a time)."""
+    def landing(self, H: np.ndarray, cells: int = 1 << 22) -> np.ndarray:
+        """(N,) int64: each query's best bucket (at most `cells` query-bucket scores at a time)."""
+        block = max(1, cells // self.V.shape[0])
         return np.concatenate([np.argmax(H[i:i + block] @ self.V.T + self.c, axis=1)
                                for i in range(0, H.shape[0], block)])
 

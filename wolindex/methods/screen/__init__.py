@@ -91,7 +91,7 @@ class Screen(Method):
         if params.rank is not None and params.rank > W.shape[1]:
             raise ValueError(f"rank: at most d = {W.shape[1]}, got {params.rank}")
         if params.rank is None:
-            mean, row_proj, query_proj = W.astype(np.float64).mean(axis=0).astype(np.float32), None, None
+            mean, row_proj, query_proj = W.mean(axis=0, dtype=np.float64).astype(np.float32), None, None
         else:
             mean, row_proj, query_proj = fit_projection(W, params.rank, train)
         codes = engine_screen.ScreenCodes.encode(W, layer.b, mean, row_proj, query_proj)

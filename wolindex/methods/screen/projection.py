@@ -30,7 +30,7 @@ def _second_moment(X: np.ndarray, center: np.ndarray | None = None) -> np.ndarra
 def fit_projection(W: np.ndarray, rank: int, train: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """W (D, d) float32, rank r <= d, train (N, d) float32 or None -> (mean (d,), row projection (r, d),
     query projection (r, d)), float32."""
-    mean = W.astype(np.float64).mean(axis=0)
+    mean = W.mean(axis=0, dtype=np.float64)
     C_w = _second_moment(W, mean)
     d = W.shape[1]
     if train is None:
