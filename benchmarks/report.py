@@ -348,6 +348,43 @@ def generate_block(path: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def scale_block(results: Path = RESULTS) -> str:
+    """benchmarks/scale.py: memory and cost per query by layer and method, the newest row of each pair over
+    every scale result file."""
+    paths = sorted(p for p in results.glob("scale-*.json") if re.fullmatch(r"scale-[\d-]+", p.stem))
+    rows, sources, machine = {}, [], None
+    for path in paths:
+        result = json.loads(path.read_text())
+        machine = result["machine"]
+        for r in result["rows"]:
+            if "error" not in r:
+                rows[(r["layer"], r["label"])] = r
+                sources.append(path)
+    lines = [f"{machine['cpu']}, {json.loads(paths[-1].read_text())['threads']} threads, float32; each (layer, method) "
+             "in its own process; tuned to P@1 >= 0.99 on half the held-out queries, P@1 and speed on the other "
+             "half, speed against exact in the same process (median after warm-up); memory over W's bytes: the "
+             "build's peak resident memory above the loaded data, the index without / with its int8 screening "
+             "codes, and what load(mmap=True) adds to resident memory (anonymous / all) before the first search; "
+             "from " + ", ".join(source_link(p) for p in dict.fromkeys(sources)) + ".", "",
+             "| layer | method | tuned setting | P@1 | classes scored | ms/query exact | ms/query | x exact b1 | "
+             "x exact b256 | build s | build peak | index | + codes | mmap load adds |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for (layer, label), r in rows.items():
+        tuned = r.get("tuned", {})
+        if "chosen" not in tuned:
+            settings = "none met the target: defaults"
+        else:
+            settings = ", ".join(f"{a}={b}" for a, b in tuned["chosen"]["settings"].items()) + \
+                (" (exact search faster)" if tuned.get("search_exactly") else "")
+        codes = r.get("screen_codes_bytes", 0) / r["W_bytes"]
+        plain = r.get("index_without_codes_over_W", r["index_over_W"])
+        lines.append(f"| {layer} | {label} | {settings} | {r['P@1']:.4f} | {r['candidates']:,.0f} | "
+                     f"{r['exact_ms_b1']:.2f} | {r['ms_b1']:.3f} | {r['speedup_b1']:.2f} | {r['speedup_b256']:.2f} | "
+                     f"{r['build_s']:.0f} | {r['build_peak_over_W']:.2f}x | {plain:.2f}x | {codes:.2f}x | "
+                     f"{r['load_added_anon_over_W']:.3f}x / {r['load_added_over_W']:.3f}x |")
+    return "\n".join(lines) + "\n"
+
+
 # --- the documents ------------------------------------------------------------------------------------
 
 def blocks(results: Path = RESULTS) -> dict[str, dict[str, str]]:
@@ -364,6 +401,7 @@ def blocks(results: Path = RESULTS) -> dict[str, dict[str, str]]:
     bench["generate"] = generate_block(newest(f"generate-{SUMMARY_DATASET}", results))
     for name in ("debian-lm-100k", "debian-cbow"):
         bench[f"peers-{name}"] = peers_block(newest(f"full-{name}", results))
+    bench["scale"] = scale_block(results)
     return {"BENCHMARKS.md": bench,
             "README.md": {"summary": summary, "peers-debian-lm-100k": bench["peers-debian-lm-100k"]}}
 
