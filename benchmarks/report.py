@@ -352,20 +352,20 @@ def scale_block(results: Path = RESULTS) -> str:
     """benchmarks/scale.py: memory and cost per query by layer and method, the newest row of each pair over
     every scale result file."""
     paths = sorted(p for p in results.glob("scale-*.json") if re.fullmatch(r"scale-[\d-]+", p.stem))
-    rows, sources, machine = {}, [], None
+    found = {}
     for path in paths:
         result = json.loads(path.read_text())
-        machine = result["machine"]
         for r in result["rows"]:
             if "error" not in r:
-                rows[(r["layer"], r["label"])] = r
-                sources.append(path)
-    lines = [f"{machine['cpu']}, {json.loads(paths[-1].read_text())['threads']} threads, float32; each (layer, method) "
+                found[(r["layer"], r["label"])] = (r, path)
+    rows = {key: r for key, (r, _) in found.items()}
+    sources = dict.fromkeys(path for _, path in found.values())
+    lines = [f"{result['machine']['cpu']}, {result['threads']} threads, float32; each (layer, method) "
              "in its own process; tuned to P@1 >= 0.99 on half the held-out queries, P@1 and speed on the other "
              "half, speed against exact in the same process (median after warm-up); memory over W's bytes: the "
              "build's peak resident memory above the loaded data, the index without / with its int8 screening "
              "codes, and what load(mmap=True) adds to resident memory (anonymous / all) before the first search; "
-             "from " + ", ".join(source_link(p) for p in dict.fromkeys(sources)) + ".", "",
+             "from " + ", ".join(source_link(p) for p in sources) + ".", "",
              "| layer | method | tuned setting | P@1 | classes scored | ms/query exact | ms/query | x exact b1 | "
              "x exact b256 | build s | build peak | index | + codes | mmap load adds |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

@@ -54,7 +54,8 @@ def layer_fingerprint(layer: OutputLayer, block: int = 1 << 24) -> str:
     sha = hashlib.sha256()
     rows = max(1, block // (4 * layer.dim))
     for lo in range(0, layer.n_classes, rows):
-        sha.update(np.ascontiguousarray(layer.W[layer.rows_of(np.arange(lo, min(layer.n_classes, lo + rows)))]).data)
+        part = slice(lo, lo + rows) if layer.class_row is None else layer.class_row[lo:lo + rows]
+        sha.update(np.ascontiguousarray(layer.W[part]).data)
     sha.update(np.ascontiguousarray(layer.class_b()).data)
     if layer.class_counts is not None:
         sha.update(np.ascontiguousarray(layer.class_counts).data)
