@@ -96,3 +96,34 @@ def test_real_layer_matches_numpy_and_card(lm_data):
     _, top1 = index.search(lm_data.H_test, 1)
     recall = float(np.mean(top1[:, 0] == lm_data.y_test))
     assert abs(recall - 0.3014) < 0.0005, recall
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n,r,d", [(1, 1, 1), (3, 5, 7), (4, 2, 16), (17, 129, 33), (130, 301, 64)])
+@pytest.mark.parametrize("serial_max", [0, 10**12])
+def test_query_products_match_numpy(monkeypatch, dtype, n, r, d, serial_max):
+    """The engine's products (a search's projections, gates and bounds: no BLAS call) equal H @ V.T + c to
+    rounding, on the calling thread and in parallel, for tails of the 2 x 4 register tiles."""
+    monkeypatch.setattr(dispatch, "SERIAL_MAX_WORK", serial_max)
+    rng = np.random.default_rng(n * r + d)
+    H, V, c = (rng.standard_normal(shape).astype(dtype) for shape in ((n, d), (r, d), (r,)))
+    got = dispatch.query_products(H, V, c)
+    assert got.dtype == dtype and got.shape == (n, r)
+    ref = H.astype(np.float64) @ V.T.astype(np.float64) + c
+    tol = (d + 2) * np.finfo(dtype).eps * (np.abs(H).astype(np.float64) @ np.abs(V).T.astype(np.float64) + np.abs(c))
+    assert (np.abs(got - ref) <= tol).all()
+    np.testing.assert_array_equal(dispatch.query_products(H, V), dispatch.query_products(H, V, np.zeros(r, dtype)))
+
+
+def test_query_products_integer_data_exact_and_bad_arguments():
+    H, V = random_queries(9, 12, integer=True), random_queries(20, 12, seed=3, integer=True)
+    np.testing.assert_array_equal(dispatch.query_products(H, V), H @ V.T)
+    with pytest.raises(TypeError, match="one dtype"):
+        dispatch.query_products(H, V.astype(np.float64))
+    with pytest.raises(TypeError, match="one dtype"):
+        dispatch.query_products(H.astype(np.int32), V.astype(np.int32))
+    with pytest.raises(ValueError, match="H, V"):
+        dispatch.query_products(H, V[:, :5])
+    with pytest.raises(ValueError, match="c: expected shape"):
+        dispatch.query_products(H, V, np.zeros(3, np.float32))
+    assert dispatch.query_products(H[:0], V).shape == (0, 20)

@@ -262,3 +262,52 @@ def grouped_candidates_kernel(W, b, row_of, H, indptr, indices, item_bucket, ite
             for t in range(k):
                 offer_unique(s, lab, hs[j, t], hl[j, t])
         write_sorted(s, lab, out_s[i], out_l[i])
+
+
+@njit(fastmath=FAST)
+def _products_block(V, c, H, q0, q1, r0, r1, out):
+    """out[q0:q1, r0:r1] = H[q0:q1] @ V[r0:r1].T + c[r0:r1], in register tiles of 2 rows x 4 queries."""
+    i = q0
+    while i + 4 <= q1:
+        h0 = H[i]
+        h1 = H[i + 1]
+        h2 = H[i + 2]
+        h3 = H[i + 3]
+        j = r0
+        while j + 2 <= r1:
+            a00, a01, a02, a03, a10, a11, a12, a13 = _dot2x4(V[j], V[j + 1], h0, h1, h2, h3)
+            out[i, j] = a00 + c[j]
+            out[i + 1, j] = a01 + c[j]
+            out[i + 2, j] = a02 + c[j]
+            out[i + 3, j] = a03 + c[j]
+            out[i, j + 1] = a10 + c[j + 1]
+            out[i + 1, j + 1] = a11 + c[j + 1]
+            out[i + 2, j + 1] = a12 + c[j + 1]
+            out[i + 3, j + 1] = a13 + c[j + 1]
+            j += 2
+        if j < r1:
+            for t in range(4):
+                out[i + t, j] = _dot1(V[j], H[i + t]) + c[j]
+        i += 4
+    while i < q1:
+        for j in range(r0, r1):
+            out[i, j] = _dot1(V[j], H[i]) + c[j]
+        i += 1
+
+
+@njit(parallel=True, fastmath=FAST, cache=True)
+def products_kernel(V, c, H, query_step, row_step, out):
+    """out (N, R) = H (N, d) @ V (R, d).T + c (R,), float32 or float64 (one dtype for all), in work items of
+    query_step queries x row_step rows scored in parallel."""
+    n_q = (H.shape[0] + query_step - 1) // query_step
+    n_r = (V.shape[0] + row_step - 1) // row_step
+    for item in prange(n_q * n_r):
+        q0 = (item // n_r) * query_step
+        r0 = (item % n_r) * row_step
+        _products_block(V, c, H, q0, min(H.shape[0], q0 + query_step), r0, min(V.shape[0], r0 + row_step), out)
+
+
+@njit(fastmath=FAST, cache=True)
+def products_serial_kernel(V, c, H, out):
+    """products_kernel on the calling thread, for products too small to repay waking the other threads."""
+    _products_block(V, c, H, 0, H.shape[0], 0, V.shape[0], out)

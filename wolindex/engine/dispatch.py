@@ -13,11 +13,12 @@ from .buckets import Buckets, PackedRows, check_probes
 from .names import ENGINES, PATHS, QUERY_BLOCK, check_engine
 
 __all__ = ["ENGINES", "PATHS", "candidate_topk", "check_engine", "check_rows", "choose_path", "exact_topk",
-           "merge_topk", "rescore_topk"]
+           "merge_topk", "query_products", "rescore_topk"]
 
 ITEM_QUERIES = 64         # queries per work item of the grouped path
 GROUPED_MIN_SHARING = 4.0  # auto path: grouped when probes per distinct bucket reach this
-SERIAL_MAX_WORK = 2**19   # exact top-k of at most this many multiply-adds runs on the calling thread
+SERIAL_MAX_WORK = 2**19   # exact top-k or products of at most this many multiply-adds run on the calling thread
+PRODUCT_QUERIES = 64      # queries per work item of query_products
 _STAMP_LIMIT = 2**31 - 1
 
 _local = threading.local()
@@ -114,6 +115,33 @@ def exact_topk(W: np.ndarray, b: np.ndarray, H: np.ndarray, k: int, engine: str 
         _launch(cpu.exact_topk_kernel, W, b, H[q0:q1], k, labels, n_chunks, _row_block(W.shape[1]), square,
                 out_s[q0:q1], out_l[q0:q1])
     return out_s, out_l
+
+
+def query_products(H: np.ndarray, V: np.ndarray, c: np.ndarray | None = None) -> np.ndarray:
+    """H (N, d) @ V (R, d).T + c (R,) -> (N, R), float32 or float64 (H, V and c of one dtype), by the engine's
+    own kernels: a search's small products (projections, gates, bounds) make no BLAS call, whose worker threads
+    keep spinning after it and slow the engine's threads and the model that called the search."""
+    dtype = H.dtype
+    if dtype not in (np.float32, np.float64) or V.dtype != dtype or (c is not None and c.dtype != dtype):
+        raise TypeError(f"H, V, c: expected one dtype, float32 or float64, got {H.dtype}, {V.dtype}, "
+                        f"{None if c is None else c.dtype}")
+    if H.ndim != 2 or V.ndim != 2 or H.shape[1] != V.shape[1]:
+        raise ValueError(f"H, V: expected (N, d) and (R, d), got {H.shape} and {V.shape}")
+    if c is None:
+        c = np.zeros(V.shape[0], dtype)
+    elif c.shape != (V.shape[0],):
+        raise ValueError(f"c: expected shape ({V.shape[0]},), got {c.shape}")
+    H, V = np.ascontiguousarray(H), np.ascontiguousarray(V)
+    out = np.empty((H.shape[0], V.shape[0]), dtype)
+    if out.size == 0:
+        return out
+    cpu = _kernels()
+    if H.shape[0] * V.shape[0] * V.shape[1] <= SERIAL_MAX_WORK:
+        cpu.products_serial_kernel(V, c, H, out)
+    else:
+        rows = max(2, min(V.shape[0], _row_block(V.shape[1])))
+        _launch(cpu.products_kernel, V, c, H, PRODUCT_QUERIES, rows + rows % 2, out)
+    return out
 
 
 class _FusedWorkspace:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .dispatch import _num_threads, exact_topk, rescore_topk
+from .dispatch import _num_threads, exact_topk, query_products, rescore_topk
 from .names import QUERY_BLOCK, check_engine
 
 RUN = 64                  # queries per work item of the scan
@@ -90,10 +90,10 @@ def offset_correction(csum: np.ndarray, scale: np.ndarray) -> np.ndarray:
 def code_queries(H: np.ndarray, mean: np.ndarray, proj: np.ndarray | None, n_quads: int):
     """H (N, d) float32 -> (quads (N, n_quads) int32: the uint8 codes p + 128 of (proj @) h, four to an int32;
     qscale (N,) f32; qconst (N,) f32 = H . mean; p (N, r) int8)."""
-    p, qscale = quantize(H if proj is None else H @ proj.T)
+    p, qscale = quantize(H if proj is None else query_products(H, proj))
     u8 = np.full((H.shape[0], 4 * n_quads), 128, np.uint8)
     u8[:, :p.shape[1]] = (p.astype(np.int16) + 128).astype(np.uint8)
-    return u8.view(np.int32), qscale, (H @ mean).astype(np.float32), p
+    return u8.view(np.int32), qscale, query_products(H, mean[None, :])[:, 0], p
 
 
 @dataclass(frozen=True)
@@ -269,7 +269,7 @@ def query_bounds(codes: ScreenCodes, cert: Certificate, H: np.ndarray, p: np.nda
     Hf = H.astype(np.float64)
     e = np.abs(Hf - qscale.astype(np.float64)[:, None] * p)
     out = np.empty((H.shape[0], 7), np.float64)
-    out[:, 0] = Hf @ codes.mean.astype(np.float64)
+    out[:, 0] = query_products(Hf, codes.mean.astype(np.float64)[None, :])[:, 0]
     out[:, 1] = qscale
     out[:, 2] = e.max(axis=1)
     out[:, 3] = np.abs(Hf).sum(axis=1)

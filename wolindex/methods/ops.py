@@ -10,7 +10,7 @@ offer:
 - ``router``: the method's router (the arrays its routing reads: hash rows, gate, cluster bounds) on the
   same side as the queries; a router has ``to(move)``, the same router with every array passed through
   ``move`` (how the GPU engine copies it to the device);
-- ``scores(H, V, c)``: H @ V.T + c, float32;
+- ``scores(H, V, c)``: H @ V.T + c, float32 (float64 too on the host);
 - ``top_columns(S, n)``: (R, n) int32 column ids of each row's n largest, best first;
 - ``top_rows(V, c, H, n, groups=1)``: the rows of V split into ``groups`` equal groups (hash tables), each
   query's top-n rows of each group by H @ V.T + c, as (N, groups * n) int32 row ids of V;
@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..engine import candidate_topk, exact_topk
-from ..engine.dispatch import merge_topk
+from ..engine.dispatch import merge_topk, query_products
 
 
 def top_columns(S: np.ndarray, n: int) -> np.ndarray:
@@ -79,8 +79,11 @@ class HostOps:
         self.layer, self.method, self.engine = layer, method, engine
         self.router = getattr(method, "router", None)
 
-    @staticmethod
-    def scores(H, V, c):
+    def scores(self, H, V, c):
+        """H @ V.T + c: by the engine's products kernel when searching with Numba (no BLAS threads left
+        spinning beside the engine's), by NumPy otherwise."""
+        if self.engine == "numba":
+            return query_products(H, V, c)
         return H @ V.T + c
 
     @staticmethod

@@ -173,7 +173,7 @@ class AdaptiveSoftmax(BucketMethod):
         """The head, then the tail blocks the router opens against the head's threshold_rank-th score."""
         xp = ops.xp
         head = ops.candidates(H, k, xp.zeros((H.shape[0], 1), xp.int32), params.path, screen=params.screen)
-        opened = ops.router.opened_blocks(xp, H, head[0][:, self.threshold_rank(k, params) - 1], params)
+        opened = ops.router.opened_blocks(ops, H, head[0][:, self.threshold_rank(k, params) - 1], params)
         if ops.surely_empty(opened):
             return head
         return ops.merge(head, ops.candidates(H, k, ops.probe_lists(opened, 1), params.path, screen=params.screen))

@@ -65,24 +65,27 @@ class ClusterRouter:
         return ClusterRouter({name: move(a) for name, a in self.arrays.items()}, move(self.block_cluster),
                              self.square, self.epsilon)
 
-    def opened_blocks(self, xp, H, threshold, params):
+    def opened_blocks(self, ops, H, threshold, params):
         """(N, n_blocks) bool: tail blocks that may hold a class whose score (o, or o^2 on spherical layers)
-        reaches threshold (N,); xp: the array module of H and of this router's arrays."""
+        reaches threshold (N,); ops: the engine of H and of this router's arrays (methods.ops)."""
+        xp = ops.xp
         if params.mode == "certified":
-            return self._reachable(xp, H, threshold)
+            return self._reachable(ops, H, threshold)
         a = self.arrays
-        gates = H @ a["gate_V"].T + a["gate_c"]
+        gates = ops.scores(H, a["gate_V"], a["gate_c"])
         level = xp.where(xp.isneginf(threshold), -xp.inf,   # -inf: fewer than k
                          log_scores(threshold, self.square, self.epsilon, xp))
         return (gates + xp.float32(params.margin) >= level[:, None])[:, self.block_cluster]
 
-    def _reachable(self, xp, H, threshold):
+    def _reachable(self, ops, H, threshold):
         """Certified: blocks whose bound on the best score (centre score + radius * |h| + bias bound, plus
         the float32 rounding slack) reaches threshold."""
-        a = self.arrays
+        a, xp = self.arrays, ops.xp
         H64 = H.astype(xp.float64)
         norm_h = xp.linalg.norm(H64, axis=1)[:, None]
-        centre = H64 @ a["block_centre"].T.astype(xp.float64)
+        centre64 = a["block_centre"].astype(xp.float64)
+        centre = (ops.scores(H64, centre64, xp.zeros(centre64.shape[0], xp.float64)) if xp is np
+                  else H64 @ centre64.T)
         spread = a["block_radius"] * norm_h
         upper, lower = centre + spread + a["block_bias_max"], centre - spread + a["block_bias_min"]
         slack = (H.shape[1] + 4) * UNIT_ROUNDOFF * (a["block_norm_max"] * norm_h + xp.abs(centre) + spread
