@@ -17,9 +17,10 @@ Recorded per head, at batch 1 and at --batch-size: tokens/s (new tokens over dec
 forward pass excluded), the head's share of the decoding time, and agreement with the exact head's tokens
 (the share of identical tokens position by position, the mean identical-prefix length). On the hidden states
 of the exact batch-1 decoding, per index searched for --sample-k candidates: the total variation distance per
-step between its top-p (--top-p) sampling distribution (wolindex.sample's: top_p measured against the
-estimated normaliser; also with the candidates' own normaliser) and the exact top-p distribution over all
-classes, and the normaliser estimate's |error| against the exact log-sum-exp. One JSON file in --out,
+step between its top-p (--top-p) sampling distribution (wolindex.sampling.distribution, what wolindex.sample
+draws from: top_p measured against the estimated normaliser, the exact nucleus where it reaches past the
+candidates; also without that fallback) and the exact top-p distribution over all classes, the share of
+steps that fell back, and the normaliser estimate's |error| against the exact log-sum-exp. One JSON file in --out,
 generate-debian-lm-100k-<date>.json, with threads, BLAS (threadpoolctl), machine, torch and commit."""
 from __future__ import annotations
 
@@ -39,12 +40,11 @@ from wolindex.contrib.datasets import cache_dir, debian_lm_100k, debian_lm_100k_
 from wolindex.contrib.debian_torch import DebianLM, decode
 from wolindex.contrib.timing import machine_info, set_threads
 from wolindex.layer import OutputLayer
-from wolindex.sampling import candidate_probs, log_normaliser, logsumexp
+from wolindex.sampling import candidate_probs, distribution, log_normaliser, logsumexp
 from wolindex.torch import IndexedHead
 
 RESULTS = Path(__file__).parent / "results"
 EXACT = "torch-exact"
-NUCLEUS_ROWS = 8192      # the exact top-p distribution is taken over each state's top NUCLEUS_ROWS classes
 STATE_BLOCK = 256        # hidden states per block in the sampling and normaliser measurements
 
 
@@ -151,47 +151,48 @@ def decoding_rows(runs: dict, batch: int) -> dict:
 
 def exact_top_p(logits: np.ndarray, top_p: float):
     """logits (B, D) float64 -> per row: the exact top-p distribution's threshold logit, the log of its kept
-    mass, the log-sum-exp over all classes, and whether the nucleus reached past NUCLEUS_ROWS classes (then
-    cut there)."""
+    mass and the log-sum-exp over all classes."""
     lse = logsumexp(logits)
-    n = min(NUCLEUS_ROWS, logits.shape[1])
-    top = -np.sort(-np.partition(logits, logits.shape[1] - n, axis=1)[:, -n:], axis=1)
+    top = -np.sort(-logits, axis=1)
     kept = candidate_probs(top, 1.0, None, top_p, lse) > 0
     threshold = top[np.arange(len(top)), kept.sum(axis=1) - 1]
-    log_kept = logsumexp(np.where(kept, top, -np.inf))
-    return threshold, log_kept, lse, np.exp(log_kept - lse) < top_p
+    return threshold, logsumexp(np.where(kept, top, -np.inf)), lse
 
 
 def sampling_rows(indexes: dict, layer: OutputLayer, states: np.ndarray, k: int, top_p: float) -> dict:
-    """Per index: TV distance per state between its top-p distribution over k candidates and the exact one,
-    and the normaliser estimate's |error|; both summarised by median, mean and 99th percentile."""
-    tv = {name: {"estimated": [], "candidates": []} for name in indexes}
+    """Per index: TV distance per state between the top-p distribution wolindex.sample draws from (k
+    candidates; the exact nucleus where it reaches past them) and the exact one, the same without that
+    fallback, the share of states that took it, and the normaliser estimate's |error|; summarised by median,
+    mean and 99th percentile."""
+    kinds = ("sampled", "without_fallback")
+    tv = {name: {kind: [] for kind in kinds} for name in indexes}
     err = {name: [] for name in indexes}
-    n_cut = 0
+    fallback = {name: 0 for name in indexes}
     for lo in range(0, len(states), STATE_BLOCK):
         H = np.ascontiguousarray(states[lo:lo + STATE_BLOCK], np.float32)
         logits = (H @ layer.W.T + layer.b).astype(np.float64)
-        threshold, log_kept, lse, cut = exact_top_p(logits, top_p)
-        n_cut += int(cut.sum())
+        threshold, log_kept, lse = exact_top_p(logits, top_p)
         for name, index in indexes.items():
             scores, labels = index.search(H, k)
-            s = scores.astype(np.float64)
-            exact = np.where(labels >= 0, np.take_along_axis(logits, np.maximum(labels, 0), axis=1), -np.inf)
-            p = np.where(exact >= threshold[:, None], np.exp(exact - log_kept[:, None]), 0.0)   # same products
-            norm = log_normaliser(index, H, scores, labels)
-            err[name].append(np.abs(norm - lse))
-            for kind, q in (("estimated", candidate_probs(s, 1.0, None, top_p, norm)),
-                            ("candidates", candidate_probs(s, 1.0, None, top_p))):
-                tv[name][kind].append(0.5 * (np.abs(q - p).sum(axis=1) + 1.0 - p.sum(axis=1)))
+            err[name].append(np.abs(log_normaliser(index, H, scores, labels) - lse))
+            for kind in kinds:
+                dist = distribution(index, H, top_p=top_p, k=k, exact_fallback=kind == "sampled")
+                if kind == "sampled":
+                    fallback[name] += int(dist.exact.sum())
+                row = np.repeat(np.arange(len(H)), np.diff(dist.indptr))
+                exact = logits[row, dist.labels]                 # the same products as the exact distribution
+                p = np.where(exact >= threshold[row], np.exp(exact - log_kept[row]), 0.0)
+                gap = np.bincount(row, np.abs(dist.probs - p), len(H))
+                tv[name][kind].append(0.5 * (gap + 1.0 - np.bincount(row, p, len(H))))
 
     def summary(values):
         v = np.concatenate(values)
         return {"median": float(np.median(v)), "mean": float(v.mean()), "p99": float(np.percentile(v, 99))}
 
-    return {"n_states": int(len(states)), "k": k, "top_p": top_p, "nucleus_cut_at_rows": NUCLEUS_ROWS,
-            "states_with_nucleus_cut": n_cut,
-            "methods": {name: {"tv_top_p": summary(tv[name]["estimated"]),
-                               "tv_top_p_candidates_normaliser": summary(tv[name]["candidates"]),
+    return {"n_states": int(len(states)), "k": k, "top_p": top_p,
+            "methods": {name: {"tv_top_p": summary(tv[name]["sampled"]),
+                               "tv_top_p_without_fallback": summary(tv[name]["without_fallback"]),
+                               "exact_fallback_share": fallback[name] / len(states),
                                "log_normaliser_abs_error": summary(err[name])} for name in indexes}}
 
 
@@ -219,9 +220,9 @@ def report(say, decoding: dict, sampling: dict) -> None:
                 f"{100 * r['head_share']:5.1f} %  identical {r['identical_tokens']:.4f}  prefix "
                 f"{r['mean_identical_prefix']:6.1f}")
     for name, r in sampling["methods"].items():
-        say(f"sampling {name:28s} TV median {r['tv_top_p']['median']:.4f} p99 {r['tv_top_p']['p99']:.4f}  "
-            f"|log Z error| median {r['log_normaliser_abs_error']['median']:.4f} "
-            f"p99 {r['log_normaliser_abs_error']['p99']:.4f}")
+        say(f"sampling {name:28s} TV mean {r['tv_top_p']['mean']:.4f} median {r['tv_top_p']['median']:.4f} p99 "
+            f"{r['tv_top_p']['p99']:.4f}  fallback {100 * r['exact_fallback_share']:.1f} %  |log Z error| median "
+            f"{r['log_normaliser_abs_error']['median']:.4f} p99 {r['log_normaliser_abs_error']['p99']:.4f}")
 
 
 def arguments(argv):

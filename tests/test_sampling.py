@@ -195,7 +195,8 @@ def test_bad_arguments_name_themselves(exact):
              (dict(top_p=0.0), ValueError, "top_p"), (dict(top_p=1.5), ValueError, "top_p"),
              (dict(top_k=0), ValueError, "top_k"), (dict(top_k=5, k=3), ValueError, "top_k"),
              (dict(generator="seed"), TypeError, "generator"), (dict(generator=-1), ValueError, "generator"),
-             (dict(k=0), ValueError, "k"), (dict(n_probe=2), TypeError, "n_probe")]
+             (dict(k=0), ValueError, "k"), (dict(n_probe=2), TypeError, "n_probe"),
+             (dict(top_p=0.9, exact_fallback=1), TypeError, "exact_fallback")]
     for kwargs, error, name in cases:
         with pytest.raises(error, match=name):
             wolindex.sample(exact, H, **kwargs)
@@ -210,3 +211,62 @@ def test_bad_arguments_name_themselves(exact):
         candidate_probs(scores, top_p=0.5, log_normaliser=np.zeros(2))
     with pytest.raises(ValueError, match="logits"):
         candidate_probs(np.zeros(3))
+
+
+def exact_top_p(logits, top_p):
+    """The exact top-p distribution of each row of full logits (N, D): [(labels, probs)] best first."""
+    out = []
+    for z in logits:
+        order = np.lexsort((np.arange(z.size), -z))
+        p = np.exp(z[order] - sampling.logsumexp(z[None])[0])
+        keep = np.cumsum(p) - p < top_p
+        out.append((order[keep], p[keep] / p[keep].sum()))
+    return out
+
+
+def test_a_nucleus_past_the_candidates_comes_from_every_class():
+    """Flat logits: top_p = 0.9 needs more classes than the k = 4 candidates. Those rows are taken from the
+    exact logits (labels and probabilities as the full softmax's nucleus), the others from the candidates; a
+    permuted (bucket-ordered) index reports classes, not rows. Without the fallback the rows stop at k."""
+    Wf, bf = random_layer(300, 8, seed=5)
+    Wf *= 0.05
+    bf[:3] += 6.0                                        # three confident classes: some rows fit in 4
+    Q = random_queries(40, 8, seed=6)
+    Q[:10] *= 40.0
+    want = exact_top_p(Q.astype(np.float64) @ Wf.T.astype(np.float64) + bf, 0.9)
+    for index in (wolindex.build(Wf, bf), wolindex.build(Wf, bf, method="lss", train=random_queries(2000, 8, seed=7),
+                                                          n_buckets=8, n_tables=1)):
+        dist = sampling.distribution(index, Q, top_p=0.9, k=4, n_probe=8) if index.method_name == "lss" else \
+            sampling.distribution(index, Q, top_p=0.9, k=4)
+        assert 0 < dist.exact.sum() < len(Q)
+        for i, (labels, probs) in enumerate(want):
+            got_l, got_p = dist.row(i)
+            if dist.exact[i]:
+                np.testing.assert_array_equal(got_l, labels)
+                np.testing.assert_allclose(got_p, probs, rtol=1e-5)
+            else:
+                assert labels.size <= 4 and set(got_l.tolist()) == set(labels.tolist())
+    cut = sampling.distribution(wolindex.build(Wf, bf), Q, top_p=0.9, k=4, exact_fallback=False)
+    assert not cut.exact.any() and np.diff(cut.indptr).max() <= 4
+
+
+def test_draws_from_an_exact_nucleus_follow_it():
+    Wf, bf = random_layer(60, 8, seed=8)
+    Wf *= 0.05
+    q = np.repeat(random_queries(1, 8, seed=9), 30_000, axis=0)
+    labels, probs = exact_top_p(q[:1].astype(np.float64) @ Wf.T.astype(np.float64) + bf, 0.9)[0]
+    ids = wolindex.sample(wolindex.build(Wf, bf), q, top_p=0.9, k=2, generator=3)
+    assert set(np.unique(ids)) <= set(labels.tolist())
+    counts = np.array([(ids == c).sum() for c in labels])
+    assert chi_square_p(counts, probs) > ALPHA
+    assert chi_square_p(counts, np.full(labels.size, 1 / labels.size) * 0.5 + probs * 0.5) < ALPHA
+
+
+def test_spherical_nucleus_uses_the_squared_scores():
+    sph = wolindex.build(W * 0.1, b * 0.1, scoring="spherical", epsilon=1e-3)
+    dist = sampling.distribution(sph, H, top_p=0.9, k=2)
+    want = exact_top_p(np.log((0.1 * full_logits(H)) ** 2 + 1e-3), 0.9)
+    assert dist.exact.any()
+    for i in np.flatnonzero(dist.exact):
+        np.testing.assert_array_equal(dist.row(i)[0], want[i][0])
+        np.testing.assert_allclose(dist.row(i)[1], want[i][1], rtol=1e-5)

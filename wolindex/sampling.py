@@ -261,25 +261,72 @@ def _generator(generator) -> np.random.Generator:
     return np.random.default_rng(None if generator is None else check_int("generator", generator, 0))
 
 
-def draw(probs: np.ndarray, generator=None) -> np.ndarray:
-    """One column per row of probs (N, k) (rows summing to 1), by inverse CDF: (N,) int64."""
-    rng = _generator(generator)
-    cdf = np.cumsum(probs, axis=1)
-    u = rng.random(probs.shape[0]) * cdf[:, -1]
-    col = (cdf <= u[:, None]).sum(axis=1)
-    last = probs.shape[1] - 1 - np.argmax(probs[:, ::-1] > 0, axis=1)    # the last column of positive mass
-    return np.minimum(col, last).astype(np.int64)
+@dataclass(frozen=True)
+class Distribution:
+    """Each query's sampling distribution as sparse rows: row i holds classes labels[indptr[i]:indptr[i + 1]]
+    (int64, best first) with probabilities probs[indptr[i]:indptr[i + 1]] (float64, positive, summing to 1);
+    exact (N,) bool marks the rows whose top-p nucleus reached past the candidates and was taken from the
+    exact logits of every class."""
+
+    indptr: np.ndarray
+    labels: np.ndarray
+    probs: np.ndarray
+    exact: np.ndarray
+
+    def row(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, probs) of query i."""
+        return self.labels[self.indptr[i]:self.indptr[i + 1]], self.probs[self.indptr[i]:self.indptr[i + 1]]
+
+    def draw(self, generator=None) -> np.ndarray:
+        """One class per row, by inverse CDF: (N,) int64."""
+        rng = _generator(generator)
+        N = self.indptr.size - 1
+        cdf = np.cumsum(self.probs)
+        start = np.r_[0.0, cdf][self.indptr[:-1]]
+        total = np.r_[0.0, cdf][self.indptr[1:]] - start
+        pos = np.searchsorted(cdf, start + rng.random(N) * total, side="right")
+        return self.labels[np.clip(pos, self.indptr[:-1], self.indptr[1:] - 1)]
 
 
-def sample(index, H, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-           generator=None, k: int | None = None, **settings) -> np.ndarray:
-    """Draw one class per query from the softmax of o / temperature restricted to the k candidates the index
-    returns (their exact logits), after top_k and top_p (see candidate_probs; without top_k, top_p's mass is
-    measured against the estimated full normaliser, see log_normaliser). temperature 0: the best candidate.
+def _exact_nucleus(index, Q: np.ndarray, T: float, top_p: float, n_first: int) -> list:
+    """The exact top-p distribution of each query (rows of Q) from every class's logit: [(labels, probs)],
+    classes best first (ties: smaller id), kept while the mass before them is below top_p."""
+    from .engine.dispatch import query_products
 
-    H (N, d); k: candidates to search for (default top_k, else min(DEFAULT_K, D)), top_k <= k; generator: a
-    numpy Generator, an int seed or None (fresh entropy); settings: the index's search settings.
-    Returns (N,) int64 class ids. A GpuIndex is sampled through its host index."""
+    layer = index.layer
+    classes = layer.row_class if layer.row_class is not None else np.arange(layer.n_classes)
+    D = layer.n_classes
+    out = []
+    step = max(1, CELLS // D)
+    for lo in range(0, Q.shape[0], step):
+        S = query_products(Q[lo:lo + step], layer.W, layer.b)
+        Z = log_weights(layer, S * S if layer.square else S) / T
+        for z in Z:
+            lse = logsumexp(z)
+            n = min(D, n_first)
+            while True:
+                threshold = np.partition(z, D - n)[D - n]
+                top = np.flatnonzero(z >= threshold)            # every class tied with the n-th best too
+                if n == D or np.exp(logsumexp(z[top]) - lse) >= top_p:
+                    break
+                n = min(D, 4 * n)
+            top = top[np.lexsort((classes[top], -z[top]))]
+            p = np.exp(z[top] - lse)
+            keep = np.cumsum(p) - p < top_p
+            out.append((classes[top[keep]].astype(np.int64), p[keep] / p[keep].sum()))
+    return out
+
+
+def distribution(index, H, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 k: int | None = None, exact_fallback: bool = True, **settings) -> Distribution:
+    """The distribution sample() draws from: the softmax of o / temperature over the k candidates the index
+    returns (their exact logits), after top_k and top_p (candidate_probs; without top_k, top_p's mass is
+    measured against the estimated full normaliser, log_normaliser). With top_p < 1, no top_k, temperature > 0
+    and exact_fallback, a query whose candidates hold less than top_p of that mass (its nucleus reaches past
+    them) gets the exact top-p distribution instead, from one pass over every class for that query.
+
+    H (N, d); k: candidates to search for (default top_k, else min(DEFAULT_K, D)), top_k <= k; settings: the
+    index's search settings. A GpuIndex is sampled through its host index."""
     index = _host(index)
     Q = as_queries(H, index.dim)
     T = check_temperature(temperature, allow_zero=True)
@@ -289,11 +336,32 @@ def sample(index, H, temperature: float = 1.0, top_k: int | None = None, top_p: 
     k = check_k(k if k is not None else (top_k or min(DEFAULT_K, D)), D)
     if top_k is not None and top_k > k:
         raise ValueError(f"top_k: expected at most k = {k} (the candidates searched for), got {top_k}")
+    if not isinstance(exact_fallback, bool):
+        raise TypeError(f"exact_fallback: expected a bool, got {type(exact_fallback).__name__}")
     top_p = check_top_p(top_p)
-    rng = _generator(generator)
     scores, labels = index.search(Q, k, **settings)
+    z = log_weights(index.layer, scores)
     norm = None
     if top_p is not None and top_p < 1 and top_k is None and T > 0:
         norm = log_normaliser(index, Q, scores, labels, T)
-    probs = candidate_probs(log_weights(index.layer, scores), T, top_k, top_p, norm)
-    return labels[np.arange(Q.shape[0]), draw(probs, rng)]
+    probs = candidate_probs(z, T, top_k, top_p, norm)
+    exact = np.zeros(Q.shape[0], bool)
+    if norm is not None and exact_fallback:
+        exact = np.exp(logsumexp(z / T) - norm) < top_p
+    rows = [(labels[i][probs[i] > 0], probs[i][probs[i] > 0]) for i in range(Q.shape[0])]
+    if exact.any():
+        for i, row in zip(np.flatnonzero(exact), _exact_nucleus(index, Q[exact], T, top_p, 4 * k)):
+            rows[i] = row
+    sizes = np.array([r[0].size for r in rows], np.int64)
+    return Distribution(np.r_[0, np.cumsum(sizes)], np.concatenate([r[0] for r in rows]).astype(np.int64),
+                        np.concatenate([r[1] for r in rows]), exact)
+
+
+def sample(index, H, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+           generator=None, k: int | None = None, exact_fallback: bool = True, **settings) -> np.ndarray:
+    """Draw one class per query from distribution(index, H, temperature, top_k, top_p, k, exact_fallback,
+    **settings): the softmax of o / temperature over the index's k candidates after top_k and top_p, or the
+    exact top-p distribution where the nucleus reaches past the candidates. temperature 0: the best candidate.
+    generator: a numpy Generator, an int seed or None (fresh entropy). Returns (N,) int64 class ids."""
+    rng = _generator(generator)
+    return distribution(index, H, temperature, top_k, top_p, k, exact_fallback, **settings).draw(rng)
