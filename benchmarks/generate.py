@@ -280,7 +280,8 @@ def main(argv=None):
         "torch": {"version": torch.__version__, "threads": torch.get_num_threads(),
                   "parallel_info": torch.__config__.parallel_info()},
         "indexes": {spec: {"method": ix.method_name, "build": ix.build_params.to_dict(),
-                           "search": ix.default_search, "tuned": ix.info.get("tuned", {}).get("chosen")}
+                           "search": ix.default_search, "tuned": ix.info.get("tuned", {}).get("chosen"),
+                           "search_exactly": bool(ix.info.get("tuned", {}).get("search_exactly"))}
                     for spec, ix in indexes.items()},
         "protocol": "greedy decoding, KV cache, context re-encoded from its last 64 tokens when full; heads "
                     "interleaved per prompt batch in a rotating order after a warm-up decoding; tokens/s over "
