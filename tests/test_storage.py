@@ -1,6 +1,8 @@
 """One copy of the rows: bucket methods store the layer in bucket order (OutputLayer.row_class) instead of
 a packed copy beside it; saved indexes hold the permuted rows, and load(mmap=True) maps them."""
+import gc
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,23 +99,60 @@ def test_saved_index_holds_the_permuted_rows(tmp_path, built, with_layer):
         assert stats["mapped_bytes"] + stats["resident_bytes"] == stats["index_bytes"]
 
 
-@pytest.mark.parametrize("method,build", [("adaptive", dict(cutoffs=[400, 4000])),
-                                          ("lss", dict(n_buckets=64, n_tables=2, rounds=1))])
-def test_mmap_load_allocates_nothing_of_the_size_of_w(tmp_path, method, build):
+MMAP_CASES = [("adaptive", dict(cutoffs=[400, 4000])), ("lss", dict(n_buckets=64, n_tables=2, rounds=1)),
+              ("adaptive", dict(cutoffs=[400, 4000], screen=True)), ("screen", {})]
+
+
+@pytest.fixture(scope="module", params=MMAP_CASES, ids=["adaptive", "lss", "adaptive+screen", "screen"])
+def saved(request, tmp_path_factory):
+    """(path of a saved index of a 40,000 x 256 layer, W's bytes), per case of MMAP_CASES."""
+    method, build = request.param
+    Wm, bm = random_layer(40000, 256, seed=45)
+    path = tmp_path_factory.mktemp("mmap") / "i.wol"
+    wolindex.build(Wm, bm, method=method, train=H_TRAIN, verbose=False, **build).save(path)
+    return path.resolve(), Wm.nbytes
+
+
+def test_mmap_load_allocates_nothing_of_the_size_of_w(saved):
     """load(mmap=True) of a bucket index allocates under 0.1x W, checksums verified (no D x d array: the rows
     stay mapped, their SHA-256 and finiteness are read from the file in fixed-size pieces; what remains is
     a few bytes per class, which d = 256 makes small beside a row)."""
-    Wm, bm = random_layer(40000, 256, seed=45)
-    wolindex.build(Wm, bm, method=method, train=H_TRAIN, verbose=False, **build).save(tmp_path / "i.wol")
-    wolindex.load(tmp_path / "i.wol", mmap=True)             # imports and compiled kernels: not the load's memory
+    path, W_bytes = saved
+    wolindex.load(path, mmap=True)                           # imports and compiled kernels: not the load's memory
     tracemalloc.start()
     try:
-        loaded = wolindex.load(tmp_path / "i.wol", mmap=True)
+        loaded = wolindex.load(path, mmap=True)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert peak < 0.1 * Wm.nbytes, peak / Wm.nbytes
-    assert loaded.mapped_nbytes() >= Wm.nbytes and isinstance(loaded.layer.W, np.memmap)
+    assert peak < 0.1 * W_bytes, peak / W_bytes
+    assert loaded.mapped_nbytes() >= W_bytes and isinstance(loaded.layer.W, np.memmap)
+
+
+def resident_bytes_of(path) -> int:
+    """Resident bytes of this process's mappings of the file at path (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:             # a mapping's header line
+                inside = len(fields) >= 6 and fields[5] == str(path)
+            elif inside and fields[0] == "Rss:":
+                total += int(fields[1]) * 1024
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs /proc/self/smaps")
+def test_mmap_load_reads_no_mapped_page(saved):
+    """Loading reads the mapped arrays (rows, screening codes) through the file, never through the map: under
+    0.1x W of the file's pages are resident in the process before the first search (the maps of earlier
+    loads of the file are gone with their indexes)."""
+    path, W_bytes = saved
+    gc.collect()
+    loaded = wolindex.load(path, mmap=True)
+    assert resident_bytes_of(path) < 0.1 * W_bytes, resident_bytes_of(path) / W_bytes
+    loaded.search(H_TRAIN[:2], 5)
+    assert resident_bytes_of(path) > 0                           # the search did read through the map
 
 
 def test_a_damaged_row_order_is_refused(tmp_path, built):

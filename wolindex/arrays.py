@@ -107,16 +107,39 @@ def check_k(k, n_classes: int) -> int:
 
 
 def all_finite(a: np.ndarray, block_bytes: int = 1 << 18) -> bool:
-    """np.isfinite(a).all(), block_bytes at a time. A np.memmap is read through its file instead of its map,
-    so checking it leaves none of its pages resident in this process."""
-    if isinstance(a, np.memmap) and a.filename is not None and a.flags.c_contiguous:
-        step = max(1, block_bytes // a.itemsize)
-        with open(a.filename, "rb") as f:
-            f.seek(a.offset)
-            for lo in range(0, a.size, step):
-                part = np.fromfile(f, a.dtype, min(step, a.size - lo))
-                if part.size != min(step, a.size - lo) or not np.isfinite(part).all():
-                    return False
-        return True
-    rows = max(1, block_bytes // max(1, a.itemsize * (a[0].size if a.ndim > 1 and len(a) else 1)))
-    return all(np.isfinite(a[lo:lo + rows]).all() for lo in range(0, len(a), rows))
+    """np.isfinite(a).all(), block_bytes at a time (see all_blocks)."""
+    return all_blocks(a, np.isfinite, block_bytes)
+
+
+def c_contiguous(a: np.ndarray) -> np.ndarray:
+    """a itself when C-contiguous (a np.memmap stays one, so row_blocks reads it through its file), else a
+    C-contiguous copy."""
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
+def all_blocks(a: np.ndarray, test, block_bytes: int = 1 << 18) -> bool:
+    """test(part).all() for every part of a in row_blocks (no temporary grows with a, no page of a memmap
+    stays resident)."""
+    return all(test(part).all() for _, part in row_blocks(a, block_bytes))
+
+
+def row_blocks(a: np.ndarray, block_bytes: int = 1 << 18):
+    """Yield (lo, a[lo:lo + n]) over a in pieces of whole rows of about block_bytes. A C-contiguous np.memmap
+    is read through its file instead of its map, so that none of its pages stay resident in this process."""
+    if a.ndim == 0:
+        yield 0, a.reshape(1)
+        return
+    per_row = a.size // len(a) if len(a) else 1
+    rows = max(1, block_bytes // max(1, a.itemsize * per_row))
+    if not (isinstance(a, np.memmap) and a.filename is not None and a.flags.c_contiguous):
+        for lo in range(0, len(a), rows):
+            yield lo, a[lo:lo + rows]
+        return
+    with open(a.filename, "rb") as f:
+        f.seek(a.offset)
+        for lo in range(0, len(a), rows):
+            n = min(rows, len(a) - lo)
+            part = np.fromfile(f, a.dtype, n * per_row)
+            if part.size != n * per_row:
+                raise ValueError(f"arrays: {a.filename} ends before its array does")
+            yield lo, part.reshape((n,) + a.shape[1:])

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..arrays import row_blocks
 from .dispatch import _num_threads, exact_topk, query_products, rescore_topk
 from .names import QUERY_BLOCK, check_engine
 
@@ -30,6 +31,7 @@ RUN = 64                  # queries per work item of the scan
 CERTIFIED_STEP = 256      # queries per certified kernel call (bounds its kept-class buffers)
 CERTIFIED_CAP = 2048      # kept classes per (query, class range) before the query falls back to exact search
 ROW_BLOCK = 8192          # rows per step when coding or measuring rows
+SUM_BYTES = 1 << 18       # bytes of codes per step of code_sums
 STEP_CELLS = 2**22        # at most this many (query, candidate) pairs per step of a screened search
 _lock = threading.Lock()
 _kernels_module = None
@@ -74,10 +76,11 @@ def from_blocks(blocks: np.ndarray, n: int) -> np.ndarray:
 
 
 def code_sums(blocks: np.ndarray) -> np.ndarray:
-    """(n_blocks * 16,) int32 sum of each slot's codes, from blocks (n_blocks, n_quads, 64) in steps of rows."""
+    """(n_blocks * 16,) int32 sum of each slot's codes, from blocks (n_blocks, n_quads, 64) in steps of about
+    SUM_BYTES (read through the file for a memmap: arrays.row_blocks)."""
     csum = np.zeros(blocks.shape[0] * 16, np.int32)
-    for g0 in range(0, blocks.shape[0], ROW_BLOCK // 16):
-        part = blocks[g0:g0 + ROW_BLOCK // 16].astype(np.int32)
+    for g0, part in row_blocks(blocks, SUM_BYTES):
+        part = part.astype(np.int32)
         csum[g0 * 16:(g0 + part.shape[0]) * 16] = part.reshape(part.shape[0], -1, 16, 4).sum(axis=(1, 3)).ravel()
     return csum
 

@@ -5,7 +5,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..arrays import all_finite
+from ..arrays import all_blocks, all_finite, c_contiguous
 from ..engine import Buckets, PackedRows
 from ..layer import OutputLayer
 from ..params import BuildParams, SearchParams, check_int
@@ -159,9 +159,9 @@ class BucketMethod(Method):
         n_blocks = int((-(-self.buckets.sizes() // 16)).sum())
         for name, (dtype, shape) in zip(SCREEN_ARRAYS, ((np.int8, (n_blocks, max(1, -(-d // 4)), 64)),
                                                         (np.float32, (D,)), (np.float32, (d,)))):
-            self.arrays[name] = np.ascontiguousarray(check_array(self.arrays, name, dtype, shape))
+            self.arrays[name] = c_contiguous(check_array(self.arrays, name, dtype, shape))
         blocks, scale, mean = (self.arrays[name] for name in SCREEN_ARRAYS)
-        if (blocks == -128).any() or (scale < 0).any():
+        if not all_blocks(blocks, lambda part: part != -128) or (scale < 0).any():
             raise ValueError("arrays: screen_blocks must hold codes in [-127, 127] and screen_scale be >= 0")
         return BucketCodes(blocks, scale, mean, self.buckets, layer.class_b())
 
@@ -182,7 +182,7 @@ class BucketMethod(Method):
             if extra:
                 raise ValueError(f"arrays: unexpected {extra} for method {self.name!r}")
         for name, (dtype, shape) in specs.items():
-            self.arrays[name] = np.ascontiguousarray(check_array(self.arrays, name, dtype, shape))
+            self.arrays[name] = c_contiguous(check_array(self.arrays, name, dtype, shape))
 
     def nbytes(self) -> int:
         """Saved arrays plus each bucket entry's row id (and the screen's per-slot terms); the rows themselves

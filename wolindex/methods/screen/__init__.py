@@ -14,6 +14,7 @@ from functools import cached_property
 
 import numpy as np
 
+from ...arrays import all_blocks, c_contiguous
 from ...engine import screen as engine_screen
 from ...engine.names import SCREEN_MAX_QUADS as MAX_QUADS
 from ...params import BuildParams, SearchParams, check_int
@@ -75,15 +76,15 @@ class Screen(Method):
         if proj is None and d > 4 * MAX_QUADS:
             raise ValueError(f"W: a screen without projection codes at most {4 * MAX_QUADS} dimensions, got {d}")
         blocks = check_array(self.arrays, "blocks", np.int8, (-(-D // 16), max(1, -(-rank // 4)), 64))
-        if (blocks == -128).any():
+        if not all_blocks(blocks, lambda part: part != -128):
             raise ValueError("arrays: blocks hold the code -128 (codes lie in [-127, 127])")
         scale = check_array(self.arrays, "scale", np.float32, (D,))
         if (scale < 0).any():
             raise ValueError("arrays: scale must be >= 0")
         mean = check_array(self.arrays, "mean", np.float32, (d,))
         self.layer = layer
-        self.codes = engine_screen.ScreenCodes(np.ascontiguousarray(blocks), scale, mean,
-                                               None if proj is None else np.ascontiguousarray(proj), layer.b)
+        self.codes = engine_screen.ScreenCodes(c_contiguous(blocks), scale, mean,
+                                               None if proj is None else c_contiguous(proj), layer.b)
 
     @classmethod
     def build(cls, layer, params, train, labels, verbose):
