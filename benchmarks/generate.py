@@ -180,7 +180,7 @@ def sampling_rows(indexes: dict, layer: OutputLayer, states: np.ndarray, k: int,
                 if kind == "sampled":
                     fallback[name] += int(dist.exact.sum())
                 row = np.repeat(np.arange(len(H)), np.diff(dist.indptr))
-                exact = logits[row, dist.labels]                 # the same products as the exact distribution
+                exact = np.where(dist.labels >= 0, logits[row, np.maximum(dist.labels, 0)], -np.inf)   # same products
                 p = np.where(exact >= threshold[row], np.exp(exact - log_kept[row]), 0.0)
                 gap = np.bincount(row, np.abs(dist.probs - p), len(H))
                 tv[name][kind].append(0.5 * (gap + 1.0 - np.bincount(row, p, len(H))))

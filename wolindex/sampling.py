@@ -1,8 +1,10 @@
 """Sampling and probabilities from an index's candidates.
 
 A search returns each query's top-k classes with their exact logits. This module
-- draws from the softmax restricted to those candidates (``sample``; ``candidate_probs`` gives the
-  distribution), with temperature, top_k and top_p applied in that order, as Hugging Face's warpers do;
+- draws from the softmax restricted to those candidates (``sample``; ``distribution`` gives the
+  distribution, ``candidate_probs`` its dense form over the candidates), with temperature, top_k and top_p
+  applied in that order, as Hugging Face's warpers do; a query whose top-p nucleus reaches past its
+  candidates is given its exact nucleus instead, from one pass over every class;
 - estimates the log normaliser ``log sum_c exp(o_c / T)`` over all D classes (``log_normaliser``) or computes
   it in one blocked pass over every class (``exact_log_normaliser``); ``Index.search(H, k,
   return_logprobs=True | 'exact')`` gives log-probabilities of the returned classes with either.
