@@ -100,10 +100,10 @@ def test_saved_index_holds_the_permuted_rows(tmp_path, built, with_layer):
 
 
 MMAP_CASES = [("adaptive", dict(cutoffs=[400, 4000])), ("lss", dict(n_buckets=64, n_tables=2, rounds=1)),
-              ("adaptive", dict(cutoffs=[400, 4000], screen=True)), ("screen", {})]
+              ("lss", dict(n_buckets=64, n_tables=2, rounds=1, screen=True)), ("screen", {})]
 
 
-@pytest.fixture(scope="module", params=MMAP_CASES, ids=["adaptive", "lss", "adaptive+screen", "screen"])
+@pytest.fixture(scope="module", params=MMAP_CASES, ids=["adaptive", "lss", "lss+screen", "screen"])
 def saved(request, tmp_path_factory):
     """(path of a saved index of a 40,000 x 256 layer, W's bytes), per case of MMAP_CASES."""
     method, build = request.param
