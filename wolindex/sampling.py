@@ -292,7 +292,7 @@ class Distribution:
 
 def _exact_nucleus(index, Q: np.ndarray, T: float, top_p: float, n_first: int) -> list:
     """The exact top-p distribution of each query (rows of Q) from every class's logit: [(labels, probs)],
-    classes best first (ties: smaller id), kept while the mass before them is below top_p."""
+    classes best first (ties: smaller id), cut by candidate_probs against the exact normaliser."""
     from .engine.dispatch import query_products
 
     layer = index.layer
@@ -313,9 +313,9 @@ def _exact_nucleus(index, Q: np.ndarray, T: float, top_p: float, n_first: int) -
                     break
                 n = min(D, 4 * n)
             top = top[np.lexsort((classes[top], -z[top]))]
-            p = np.exp(z[top] - lse)
-            keep = np.cumsum(p) - p < top_p
-            out.append((classes[top[keep]].astype(np.int64), p[keep] / p[keep].sum()))
+            probs = candidate_probs(z[top][None, :], 1.0, None, top_p, np.array([lse]))[0]   # the same cut
+            keep = probs > 0
+            out.append((classes[top[keep]].astype(np.int64), probs[keep]))
     return out
 
 
