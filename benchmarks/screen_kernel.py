@@ -65,7 +65,7 @@ def main(argv=None):
         out_s = np.empty((batch, a.candidates), np.float32)
 
         def call(q=quads, qs=qscale, qc=qconst, nr=n_ranges, ru=run, ol=out_l, os_=out_s):
-            kernel(codes.blocks, codes.csum, codes.scan_scale, codes.scan_bias, q, qs, qc, D, a.candidates, nr, ru,
+            kernel(codes.blocks, codes.scan_corr, codes.scan_scale, codes.scan_bias, q, qs, qc, D, a.candidates, nr, ru,
                    ol, os_)
 
         for _ in range(3):

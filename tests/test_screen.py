@@ -27,6 +27,54 @@ def test_quantize_reconstructs_within_half_a_step():
     assert np.all(np.abs(codes).max(axis=1)[scales > 0] == 127)
 
 
+def test_query_coding_kernel_equals_quantize():
+    """The queries' codes (a Numba kernel) are quantize's, byte for byte: halves round to even, zero rows."""
+    rng = np.random.default_rng(1)
+    H = (rng.standard_normal((40, 37)) * rng.uniform(0.01, 100, (40, 1))).astype(np.float32)
+    H[3] = 0
+    H[7, :4] = [127.0, -0.5, 1.5, 2.5]       # scale 1: codes at exact halves
+    H[7, 4:] = 0
+    mean = rng.standard_normal(37).astype(np.float32)
+    quads, qscale, qconst, p = S.code_queries(H, mean, None, 12)
+    codes, scales = S.quantize(H)
+    np.testing.assert_array_equal(p, codes)
+    np.testing.assert_array_equal(qscale, scales)
+    assert list(p[7, :4]) == [127, 0, 2, 2]
+    u8 = quads.view(np.uint8)
+    np.testing.assert_array_equal(u8[:, :37], (codes.astype(np.int16) + 128).astype(np.uint8))
+    assert np.all(u8[:, 37:] == 128)
+    np.testing.assert_allclose(qconst, H.astype(np.float64) @ mean, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("m", [1, 3, 16, 50])
+def test_top_m_buffer_keeps_the_m_best_ties_by_label(m):
+    """heap.py's buffer, fed a stream with many tied scores, ends with the same m entries as a full sort
+    (score descending, then label ascending)."""
+    import numba
+
+    from wolindex.engine.heap import buffer_clear, buffer_cut, buffer_offer
+
+    @numba.njit
+    def run(scores, labels, m):
+        bs = np.empty(2 * m + 1, np.float32)
+        bl = np.empty(2 * m + 1, np.int64)
+        buffer_clear(bs, bl)
+        n = 0
+        for t in range(scores.shape[0]):
+            n = buffer_offer(bs, bl, n, scores[t], labels[t])
+        n = buffer_cut(bs, bl, n)
+        return bs[1:n + 1].copy(), bl[1:n + 1].copy()
+
+    rng = np.random.default_rng(m)
+    for size in (0, m, 5 * m + 3, 400):
+        labels = rng.permutation(1000)[:size].astype(np.int64)
+        scores = rng.integers(-3, 4, size).astype(np.float32)
+        got_s, got_l = run(scores, labels, m)
+        order = np.lexsort((labels, -scores))[:m]
+        assert sorted(got_l) == sorted(labels[order])
+        np.testing.assert_array_equal(np.sort(got_s), np.sort(scores[order]))
+
+
 @pytest.mark.parametrize("n, r", [(1, 1), (17, 5), (33, 64), (50, 131)])
 def test_blocks_layout_round_trips(n, r):
     codes = np.random.default_rng(n).integers(-127, 128, (n, r)).astype(np.int8)
@@ -89,6 +137,21 @@ def test_screen_with_every_class_as_candidate_is_exact():
         scores, labels, n_scored = index.search(H, 10, n_candidates=700, engine=engine, return_n_scored=True)
         assert_topk_matches(scores, labels, logits_of(W, b, H), 10)
         assert np.all(n_scored == 700)
+
+
+@pytest.mark.parametrize("n_queries", [1, 3, 70])
+def test_fused_rescoring_equals_the_numpy_engine(n_queries):
+    """The numba engine scans and rescores in one kernel; the numpy engine rescores the reference's
+    candidates: the same classes, scores within float32 summation error, for one query and for several."""
+    W, b = random_layer(1500, 40, seed=11)
+    H = random_queries(n_queries, 40, seed=12)
+    index = wolindex.build(W, b, method="screen", rank=12, train=random_queries(800, 40, seed=13), verbose=False)
+    for n_cand in (10, 33, 1500):
+        got = index.search(H, 10, n_candidates=n_cand, return_n_scored=True)
+        want = index.search(H, 10, n_candidates=n_cand, engine="numpy", return_n_scored=True)
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(got[2], want[2])
 
 
 def test_p_at_k_does_not_fall_as_the_candidates_grow():

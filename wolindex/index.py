@@ -16,6 +16,8 @@ from .layer import OutputLayer
 from .methods import Method, get_method
 from .params import BuildParams
 
+PARAMS_CACHE = 64   # distinct settings whose checked form an Index keeps
+
 
 class Index:
     """A searchable (W, b). Holds host arrays and metadata only; searching never changes it.
@@ -29,6 +31,7 @@ class Index:
         self.build_params = build_params
         self.default_search = type(method).Search.from_dict(default_search).to_dict()
         self.info = dict(info or {})
+        self._search_params: dict[tuple, Any] = {}   # checked settings by (defaults, overrides), see search_params
 
     @property
     def method_name(self) -> str:
@@ -44,7 +47,18 @@ class Index:
 
     def search_params(self, **settings: Any):
         """The settings a search with these keyword overrides would use (the index defaults otherwise)."""
-        return type(self.method).Search.from_dict(self.default_search, **settings)
+        key = tuple((name, type(v), v) for name, v in self.default_search.items()) + \
+            (None,) + tuple((name, type(v), v) for name, v in settings.items())
+        try:
+            params = self._search_params.get(key)
+        except TypeError:                           # an unhashable setting: checked afresh every time
+            return type(self.method).Search.from_dict(self.default_search, **settings)
+        if params is None:
+            params = type(self.method).Search.from_dict(self.default_search, **settings)
+            if len(self._search_params) >= PARAMS_CACHE:
+                self._search_params.clear()
+            self._search_params[key] = params
+        return params
 
     def search(self, H, k: int = 10, *, return_n_scored: bool = False, return_probs: bool = False,
                return_logprobs: bool | str = False, **settings: Any):

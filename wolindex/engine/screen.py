@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..arrays import row_blocks
-from .dispatch import _num_threads, exact_topk, query_products, rescore_topk
+from .dispatch import _launch, _num_threads, _row_block, check_rows, exact_topk, query_products, rescore_topk
 from .names import QUERY_BLOCK, check_engine
 
 RUN = 64                  # queries per work item of the scan
@@ -32,7 +32,7 @@ CERTIFIED_STEP = 256      # queries per certified kernel call (bounds its kept-c
 CERTIFIED_CAP = 2048      # kept classes per (query, class range) before the query falls back to exact search
 ROW_BLOCK = 8192          # rows per step when coding or measuring rows
 SUM_BYTES = 1 << 18       # bytes of codes per step of code_sums
-STEP_CELLS = 2**22        # at most this many (query, candidate) pairs per step of a screened search
+STEP_CELLS = 2**21        # at most this many (query, candidate) pairs per step of a screened search
 _lock = threading.Lock()
 _kernels_module = None
 
@@ -93,10 +93,12 @@ def offset_correction(csum: np.ndarray, scale: np.ndarray) -> np.ndarray:
 def code_queries(H: np.ndarray, mean: np.ndarray, proj: np.ndarray | None, n_quads: int):
     """H (N, d) float32 -> (quads (N, n_quads) int32: the uint8 codes p + 128 of (proj @) h, four to an int32;
     qscale (N,) f32; qconst (N,) f32 = H . mean; p (N, r) int8)."""
-    p, qscale = quantize(H if proj is None else query_products(H, proj))
-    u8 = np.full((H.shape[0], 4 * n_quads), 128, np.uint8)
-    u8[:, :p.shape[1]] = (p.astype(np.int16) + 128).astype(np.uint8)
-    return u8.view(np.int32), qscale, query_products(H, mean[None, :])[:, 0], p
+    Z = H if proj is None else query_products(H, proj)
+    N = H.shape[0]
+    quads, qscale, qconst = np.empty((N, n_quads), np.int32), np.empty(N, np.float32), np.empty(N, np.float32)
+    p = np.empty(Z.shape, np.int8)
+    _kernels().code_queries_kernel(Z, H, mean, quads, qscale, qconst, p)
+    return quads, qscale, qconst, p
 
 
 @dataclass(frozen=True)
@@ -207,9 +209,9 @@ class Certificate:
 
 def _split(N: int, n_blocks: int) -> tuple[int, int]:
     """(n_ranges, run): queries in runs of RUN (a multiple of 4), classes in enough ranges that every thread
-    has about two work items."""
+    has a work item (each range keeps its own candidates, merged at the end: more ranges, more to merge)."""
     n_runs = -(-N // RUN)
-    return max(1, min(n_blocks, -(-2 * _num_threads() // n_runs))), RUN
+    return max(1, min(n_blocks, -(-_num_threads() // n_runs))), RUN
 
 
 def screen_candidates(codes: ScreenCodes, H: np.ndarray, n_cand: int, engine: str = "numba"):
@@ -245,7 +247,7 @@ def _approx_numpy(codes, quads, qscale, qconst) -> np.ndarray:
 
 def in_steps(H: np.ndarray, k: int, n_cand: int, search):
     """search(H_part, rows) -> (scores, labels, n_scored) on H in steps of at most QUERY_BLOCK queries and
-    STEP_CELLS / n_cand (so the candidate heaps and lists stay bounded for any N and n_cand); rows: the
+    STEP_CELLS / n_cand (so the candidate buffers and lists stay bounded for any N and n_cand); rows: the
     part's slice of H."""
     N = H.shape[0]
     step = max(1, min(QUERY_BLOCK, STEP_CELLS // n_cand))
@@ -259,9 +261,28 @@ def in_steps(H: np.ndarray, k: int, n_cand: int, search):
 
 
 def screen_topk(W, b, H, k: int, codes: ScreenCodes, n_cand: int, engine: str = "numba"):
-    """Exact rescoring of the screen's n_cand candidates -> scores (N, k) f32, labels (N, k) i64, n_scored (N,)."""
-    return in_steps(H, k, n_cand, lambda part, rows: rescore_topk(
-        W, b, part, k, screen_candidates(codes, part, n_cand, engine)[0], engine))
+    """Exact rescoring of the screen's n_cand candidates -> scores (N, k) f32, labels (N, k) i64, n_scored (N,).
+    W (D, d) f32, b (D,) f32: row c is class c, the classes of `codes`."""
+    check_engine(engine)
+    if W.shape[0] != codes.n_classes:
+        raise ValueError(f"W: expected {codes.n_classes} rows to match the codes, got {W.shape[0]}")
+    if engine == "numpy":
+        return in_steps(H, k, n_cand, lambda part, rows: rescore_topk(
+            W, b, part, k, screen_candidates(codes, part, n_cand, engine)[0], engine))
+    check_rows(W, b, H, k)
+    return in_steps(H, k, n_cand, lambda part, rows: _screen_rescore(W, b, part, k, codes, n_cand))
+
+
+def _screen_rescore(W, b, H, k, codes, n_cand):
+    """screen_topk's numba engine on one step: the scan and the exact rescoring in one kernel call."""
+    quads, qscale, qconst, _ = codes.queries(H)
+    N = H.shape[0]
+    n_ranges, run = _split(N, codes.blocks.shape[0])
+    out_s, out_l, n_scored = np.empty((N, k), np.float32), np.empty((N, k), np.int64), np.empty(N, np.int64)
+    _launch(_kernels().screen_rescore_kernel, codes.blocks, codes.scan_corr, codes.scan_scale, codes.scan_bias,
+            quads, qscale, qconst, codes.n_classes, n_cand, n_ranges, run, W, b, H, k, _row_block(W.shape[1]),
+            out_s, out_l, n_scored)
+    return out_s, out_l, n_scored
 
 
 def query_bounds(codes: ScreenCodes, cert: Certificate, H: np.ndarray, p: np.ndarray, qscale: np.ndarray,

@@ -2,7 +2,8 @@
 
 A work item is (a run of queries, a range of class blocks). It walks its range in cache-sized chunks, and
 each chunk against its queries four at a time (vnni.tile4), so a chunk of codes is read from memory once per
-run of queries. Approximate scores feed per-(range, query) heaps; ranges are merged at the end.
+run of queries. Approximate scores feed per-(range, query) top-m buffers (heap.py); ranges are merged at the
+end, and screen_rescore_kernel then rescores each query's candidates exactly in the same call.
 
 The approximate score of class c for query i is ``qscale[i] * (scale[c] * float32(acc) - corr[c]) + shift[c]
 + qconst[i]`` in float32 (vnni.block_scores), acc the tile's integer sum and corr[c] = scale[c] * 128 *
@@ -11,18 +12,47 @@ The approximate score of class c for query i is ``qscale[i] * (scale[c] * float3
 import numpy as np
 from numba import njit, prange
 
-from .heap import clear, offer, offer_unique, write_sorted
+from .cpu import _score_block
+from .heap import buffer_clear, buffer_cut, buffer_offer, clear, offer, offer_unique, write_sorted
 from .vnni import block_scores, block_upper, tile
 
 CHUNK_BYTES = 256 * 1024   # codes per cache chunk
 
 
+@njit(cache=True)
+def code_queries_kernel(Z, H, mean, quads, qscale, qconst, p):
+    """Queries coded for the scan. Z (N, r) f32 their coded coordinates (H, or its projection), H (N, d) f32,
+    mean (d,) f32 -> p (N, r) int8 codes and qscale (N,) f32 exactly as screen.quantize gives them (round half
+    to even, float32 division), quads (N, n_quads) int32: the codes + 128 as uint8, four to an int32 (128
+    past r), and qconst (N,) f32 = H . mean."""
+    N, r = Z.shape
+    for i in range(N):
+        top = np.float32(0)
+        for j in range(r):
+            top = max(top, abs(Z[i, j]))
+        s = np.float32(top / np.float32(127))
+        qscale[i] = s
+        safe = s if s > 0 else np.float32(1)
+        row = quads[i].view(np.uint8)
+        row[:] = 128
+        for j in range(r):
+            c = min(max(np.rint(np.float32(Z[i, j] / safe)), np.float32(-127)), np.float32(127))
+            p[i, j] = np.int8(c)
+            row[j] = np.uint8(np.int16(c) + 128)
+        acc = np.float32(0)
+        for j in range(H.shape[1]):
+            acc += H[i, j] * mean[j]
+        qconst[i] = acc
+
+
 @njit(inline="always")
-def _offer_masked(vals_row, bits, c0, n_classes, s, lab):
-    """Offer the classes c0 + j whose bit j is set (their scores vals_row[j]) to the heap (s, lab)."""
+def _keep_masked(vals_row, bits, c0, n_classes, bs, bl, n):
+    """Offer the classes c0 + j whose bit j is set (their scores vals_row[j]) to the buffer (bs, bl) of n
+    entries; returns the new count."""
     for j in range(16):
         if (bits >> j) & 1 and c0 + j < n_classes:
-            offer(s, lab, vals_row[j], c0 + j)
+            n = buffer_offer(bs, bl, n, vals_row[j], c0 + j)
+    return n
 
 
 @njit(inline="always")
@@ -43,6 +73,50 @@ def _work_item(item, n_ranges, run, N, n_blocks):
     return q_lo, min(N, q_lo + run), g_lo, min(n_blocks, g_lo + step)
 
 
+@njit(inline="always")
+def _scan_item(item, blocks, corr, scale, shift, quads, qscale, qconst, n_classes, n_ranges, run, bs, bl, bn):
+    """Work item `item` of a scan: its queries against its range r of classes, into the buffers bs[r] / bl[r]
+    (N, 2 m + 1) with counts bn[r] (N,) (heap.py)."""
+    r = item % n_ranges
+    q_lo, q_hi, g_lo, g_hi = _work_item(item, n_ranges, run, quads.shape[0], blocks.shape[0])
+    chunk = max(1, CHUNK_BYTES // (64 * blocks.shape[1]))
+    acc = np.empty((8, 16), np.int32)
+    vals = np.empty((8, 16), np.float32)
+    mask = np.empty(8, np.int32)
+    worst = np.empty(4, np.float32)
+    for i in range(q_lo, q_hi):
+        buffer_clear(bs[r, i], bl[r, i])
+        bn[r, i] = 0
+    for c0 in range(g_lo, g_hi, chunk):
+        c1 = min(g_hi, c0 + chunk)
+        q = q_lo
+        while q < q_hi:
+            g = c0
+            while g < c1:
+                n_q, n_b = _tile_shape(q, q_hi, g, c1)
+                tile(n_q, n_b, blocks, g, quads, q, acc)
+                for i in range(n_q):
+                    worst[i] = bs[r, q + i, 0]
+                block_scores(n_q, n_b, acc, g, scale, corr, shift, qscale, qconst, q, worst, vals, mask)
+                for t in range(n_q * n_b):
+                    if mask[t]:
+                        i = q + t // n_b
+                        bn[r, i] = _keep_masked(vals[t], mask[t], 16 * (g + t % n_b), n_classes, bs[r, i], bl[r, i],
+                                                bn[r, i])
+                g += n_b
+            q += n_q
+
+
+@njit(inline="always")
+def _merge_ranges(i, bs, bl, bn):
+    """Query i's m best classes over every range, to bs[0, i] / bl[0, i] slots 1..n; returns n."""
+    n = bn[0, i]
+    for r in range(1, bs.shape[0]):
+        for t in range(1, bn[r, i] + 1):
+            n = buffer_offer(bs[0, i], bl[0, i], n, bs[r, i, t], bl[r, i, t])
+    return buffer_cut(bs[0, i], bl[0, i], n)
+
+
 @njit(parallel=True, cache=True)
 def screen_kernel(blocks, corr, scale, shift, quads, qscale, qconst, n_classes, n_cand, n_ranges, run,
                   out_l, out_s):
@@ -52,42 +126,47 @@ def screen_kernel(blocks, corr, scale, shift, quads, qscale, qconst, n_classes, 
     qscale / qconst (N,) f32 -> out_l (N, n_cand) int64 class ids (-1 padding) and out_s (N, n_cand) f32
     approximate scores, best first. Queries go in runs of `run`, classes in n_ranges ranges."""
     N = quads.shape[0]
-    n_blocks = blocks.shape[0]
-    hs = np.empty((n_ranges, N, n_cand), np.float32)
-    hl = np.empty((n_ranges, N, n_cand), np.int64)
-    n_runs = (N + run - 1) // run
-    chunk = max(1, CHUNK_BYTES // (64 * blocks.shape[1]))
-    for item in prange(n_runs * n_ranges):
-        r = item % n_ranges
-        q_lo, q_hi, g_lo, g_hi = _work_item(item, n_ranges, run, N, n_blocks)
-        acc = np.empty((8, 16), np.int32)
-        vals = np.empty((8, 16), np.float32)
-        mask = np.empty(8, np.int32)
-        worst = np.empty(4, np.float32)
-        for i in range(q_lo, q_hi):
-            clear(hs[r, i], hl[r, i])
-        for c0 in range(g_lo, g_hi, chunk):
-            c1 = min(g_hi, c0 + chunk)
-            q = q_lo
-            while q < q_hi:
-                g = c0
-                while g < c1:
-                    n_q, n_b = _tile_shape(q, q_hi, g, c1)
-                    tile(n_q, n_b, blocks, g, quads, q, acc)
-                    for i in range(n_q):
-                        worst[i] = hs[r, q + i, 0]
-                    block_scores(n_q, n_b, acc, g, scale, corr, shift, qscale, qconst, q, worst, vals, mask)
-                    for t in range(n_q * n_b):
-                        if mask[t]:
-                            i = t // n_b
-                            _offer_masked(vals[t], mask[t], 16 * (g + t % n_b), n_classes, hs[r, q + i], hl[r, q + i])
-                    g += n_b
-                q += n_q
+    bs = np.empty((n_ranges, N, 2 * n_cand + 1), np.float32)
+    bl = np.empty((n_ranges, N, 2 * n_cand + 1), np.int64)
+    bn = np.empty((n_ranges, N), np.int64)
+    for item in prange(-(-N // run) * n_ranges):
+        _scan_item(item, blocks, corr, scale, shift, quads, qscale, qconst, n_classes, n_ranges, run, bs, bl, bn)
     for i in prange(N):
-        for r in range(1, n_ranges):
-            for t in range(n_cand):
-                offer(hs[0, i], hl[0, i], hs[r, i, t], hl[r, i, t])
-        write_sorted(hs[0, i], hl[0, i], out_s[i], out_l[i])
+        n = _merge_ranges(i, bs, bl, bn)
+        hs = np.empty(n_cand, np.float32)
+        hl = np.empty(n_cand, np.int64)
+        clear(hs, hl)
+        for t in range(1, n + 1):
+            offer(hs, hl, bs[0, i, t], bl[0, i, t])
+        write_sorted(hs, hl, out_s[i], out_l[i])
+
+
+@njit(parallel=True, cache=True)
+def screen_rescore_kernel(blocks, corr, scale, shift, quads, qscale, qconst, n_classes, n_cand, n_ranges, run, W, b,
+                          H, k, row_block, out_s, out_l, n_scored):
+    """screen_kernel's n_cand candidates of each query, rescored exactly: the top-k of H @ W.T + b among them.
+
+    W (D, d) f32 and b (D,) f32 (row c is class c), H (N, d) f32 the queries coded in quads / qscale / qconst
+    -> out_s (N, k) f32 exact scores, out_l (N, k) int64 (-1 padding), best first, and n_scored (N,) int64,
+    the classes rescored. The exact scores are cpu._score_block's, as in every exact search (its fastmath
+    stays in its own function: the scan's float32 arithmetic is the NumPy reference's)."""
+    N = quads.shape[0]
+    bs = np.empty((n_ranges, N, 2 * n_cand + 1), np.float32)
+    bl = np.empty((n_ranges, N, 2 * n_cand + 1), np.int64)
+    bn = np.empty((n_ranges, N), np.int64)
+    for item in prange(-(-N // run) * n_ranges):
+        _scan_item(item, blocks, corr, scale, shift, quads, qscale, qconst, n_classes, n_ranges, run, bs, bl, bn)
+    for i in prange(N):
+        n = _merge_ranges(i, bs, bl, bn)
+        hs = np.empty((1, k), np.float32)
+        hl = np.empty((1, k), np.int64)
+        clear(hs[0], hl[0])
+        rows = bl[0, i, 1:n + 1]
+        heap = np.zeros(1, np.int64)
+        qsel = np.full(1, i, np.int64)
+        _score_block(W, b, rows, rows, H, qsel, hs, hl, heap, row_block, False)
+        write_sorted(hs[0], hl[0], out_s[i], out_l[i])
+        n_scored[i] = n
 
 
 @njit(inline="always")
