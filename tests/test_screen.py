@@ -319,6 +319,11 @@ def test_routed_methods_screen_their_probed_buckets(method, build, search):
     full_s, full_l, n_full = index.search(H, 5, screen=1500, return_n_scored=True, **search)
     np.testing.assert_array_equal(full_l, plain_l)
     np.testing.assert_allclose(full_s, plain_s, rtol=1e-5, atol=1e-5)   # summation orders differ in the last bits
+    for one in range(3):   # one query at a time: its probed blocks split between the threads
+        got = index.search(H[one:one + 1], 5, screen=12, return_n_scored=True, **search)
+        want = index.search(H[one:one + 1], 5, screen=12, engine="numpy", return_n_scored=True, **search)
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_array_equal(got[2], want[2])
     _, labels, n = index.search(H, 5, screen=12, return_n_scored=True, **search)
     _, ref_labels, ref_n = index.search(H, 5, screen=12, engine="numpy", return_n_scored=True, **search)
     np.testing.assert_array_equal(labels, ref_labels)

@@ -450,13 +450,14 @@ def _screened_step(W, b, H, k, codes, probes, n_cand, engine, class_row):
                                              for p in probes[i] if p >= 0] + [np.zeros(0, np.int32)]))
             order = cand[np.lexsort((cand, -approx[i, cand]))][:n_cand]
             ids[i, :order.size] = order
-    else:
-        n_parts = max(1, -(-2 * _num_threads() // N)) if N < _num_threads() else 1
-        ids = np.empty((N, n_cand), np.int64)
-        _kernels().bucket_screen_kernel(codes.blocks, codes.block_ptr, codes.slot_class, codes.slot_corr,
-                                        codes.slot_scale, codes.slot_shift, quads, qscale, qconst, probes, n_cand,
-                                        n_parts, ids, np.empty((N, n_cand), np.float32))
-    return rescore_topk(W, b, H, k, ids, engine, class_row=class_row)
+        return rescore_topk(W, b, H, k, ids, engine, class_row=class_row)
+    n_parts = max(1, -(-2 * _num_threads() // N)) if N < _num_threads() else 1
+    out_s, out_l, n_scored = np.empty((N, k), np.float32), np.empty((N, k), np.int64), np.empty(N, np.int64)
+    _launch(_kernels().bucket_screen_rescore_kernel, codes.blocks, codes.block_ptr, codes.slot_class, codes.slot_corr,
+            codes.slot_scale, codes.slot_shift, quads, qscale, qconst, probes, n_cand, n_parts, W, b,
+            np.zeros(0, np.int32) if class_row is None else class_row, H, k, _row_block(W.shape[1]), out_s, out_l,
+            n_scored)
+    return out_s, out_l, n_scored
 
 
 class _DenseView:

@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit, prange
 
 from .cpu import _score_block
-from .heap import buffer_clear, buffer_cut, buffer_offer, clear, offer, offer_unique, write_sorted
+from .heap import EMPTY, buffer_clear, buffer_cut, buffer_offer, clear, offer, offer_unique, write_sorted
 from .vnni import block_scores, block_upper, tile
 
 CHUNK_BYTES = 256 * 1024   # codes per cache chunk
@@ -270,58 +270,89 @@ def _certified_merge(i, low_s, low_l, kept, kept_up, n_kept, flags, out_l, out_n
         out_l[i, t] = -1
 
 
+@njit(inline="always")
+def _bucket_part(item, n_parts, blocks, block_ptr, slot_class, corr, scale, shift, quads, qscale, qconst, probes,
+                 hs, hl):
+    """Share `item % n_parts` of query `item // n_parts`'s probed blocks, into the heap hs / hl [i, part]."""
+    i = item // n_parts
+    part = item % n_parts
+    s = hs[i, part]
+    lab = hl[i, part]
+    clear(s, lab)
+    total = 0
+    for p in probes[i]:
+        if p >= 0:
+            total += block_ptr[p + 1] - block_ptr[p]
+    share = (total + n_parts - 1) // n_parts
+    lo = part * share
+    hi = min(total, lo + share)
+    acc = np.empty((8, 16), np.int32)
+    vals = np.empty((8, 16), np.float32)
+    mask = np.empty(8, np.int32)
+    worst = np.empty(4, np.float32)
+    seen = 0
+    for p in probes[i]:
+        if p < 0:
+            continue
+        g0 = block_ptr[p]
+        size = block_ptr[p + 1] - g0
+        g = g0 + max(lo, seen) - seen
+        end = g0 + min(hi, seen + size) - seen
+        while g < end:
+            n_b = 4 if g + 4 <= end else 1
+            tile(1, n_b, blocks, g, quads, i, acc)
+            worst[0] = s[0]
+            block_scores(1, n_b, acc, g, scale, corr, shift, qscale, qconst, i, worst, vals, mask)
+            for a in range(n_b):
+                bits = mask[a]
+                for j in range(16):
+                    if (bits >> j) & 1 and slot_class[16 * (g + a) + j] >= 0:
+                        offer_unique(s, lab, vals[a, j], slot_class[16 * (g + a) + j])
+            g += n_b
+        seen += size
+
+
+@njit(inline="always")
+def _merge_parts(i, hs, hl):
+    """Query i's parts merged into hs[i, 0] / hl[i, 0], a class kept once."""
+    for part in range(1, hs.shape[1]):
+        for t in range(hs.shape[2]):
+            offer_unique(hs[i, 0], hl[i, 0], hs[i, part, t], hl[i, part, t])
+
+
 @njit(parallel=True, cache=True)
-def bucket_screen_kernel(blocks, block_ptr, slot_class, corr, scale, shift, quads, qscale, qconst, probes, n_cand,
-                         n_parts, out_l, out_s):
-    """Each query's n_cand best classes by approximate score among its probed buckets.
+def bucket_screen_rescore_kernel(blocks, block_ptr, slot_class, corr, scale, shift, quads, qscale, qconst, probes,
+                                 n_cand, n_parts, W, b, class_row, H, k, row_block, out_s, out_l, n_scored):
+    """Each query's n_cand best classes by approximate score among its probed buckets, rescored exactly (as in
+    screen_rescore_kernel).
 
     blocks (n_blocks, n_quads, 64) int8 hold the buckets' codes, bucket p in blocks block_ptr[p]:block_ptr[p + 1];
     slot_class / corr / scale / shift (n_blocks * 16,) per slot (padding: class -1, shift -inf); probes (N, m)
     int32 bucket ids (-1: none). Each query's probed blocks are cut into n_parts shares scored in parallel,
-    then merged; a class met twice (overlapping buckets) is kept once. Writes out_l (N, n_cand) int64 class
-    ids (-1 padding) and out_s (N, n_cand) f32 approximate scores, best first."""
+    then merged; a class met twice (overlapping buckets) is kept once. Class c's row is W[class_row[c]]
+    (class_row (D,) int32; empty: row c). Writes out_s (N, k) f32 exact scores, out_l (N, k) int64 (-1
+    padding), best first, and n_scored (N,) int64, the classes rescored."""
     N = quads.shape[0]
     hs = np.empty((N, n_parts, n_cand), np.float32)
     hl = np.empty((N, n_parts, n_cand), np.int64)
     for item in prange(N * n_parts):
-        i = item // n_parts
-        part = item % n_parts
-        s = hs[i, part]
-        lab = hl[i, part]
-        clear(s, lab)
-        total = 0
-        for p in probes[i]:
-            if p >= 0:
-                total += block_ptr[p + 1] - block_ptr[p]
-        share = (total + n_parts - 1) // n_parts
-        lo = part * share
-        hi = min(total, lo + share)
-        acc = np.empty((8, 16), np.int32)
-        vals = np.empty((8, 16), np.float32)
-        mask = np.empty(8, np.int32)
-        worst = np.empty(4, np.float32)
-        seen = 0
-        for p in probes[i]:
-            if p < 0:
-                continue
-            g0 = block_ptr[p]
-            size = block_ptr[p + 1] - g0
-            g = g0 + max(lo, seen) - seen
-            end = g0 + min(hi, seen + size) - seen
-            while g < end:
-                n_b = 4 if g + 4 <= end else 1
-                tile(1, n_b, blocks, g, quads, i, acc)
-                worst[0] = s[0]
-                block_scores(1, n_b, acc, g, scale, corr, shift, qscale, qconst, i, worst, vals, mask)
-                for a in range(n_b):
-                    bits = mask[a]
-                    for j in range(16):
-                        if (bits >> j) & 1 and slot_class[16 * (g + a) + j] >= 0:
-                            offer_unique(s, lab, vals[a, j], slot_class[16 * (g + a) + j])
-                g += n_b
-            seen += size
+        _bucket_part(item, n_parts, blocks, block_ptr, slot_class, corr, scale, shift, quads, qscale, qconst, probes,
+                     hs, hl)
     for i in prange(N):
-        for part in range(1, n_parts):
-            for t in range(n_cand):
-                offer_unique(hs[i, 0], hl[i, 0], hs[i, part, t], hl[i, part, t])
-        write_sorted(hs[i, 0], hl[i, 0], out_s[i], out_l[i])
+        _merge_parts(i, hs, hl)
+        labels = np.empty(n_cand, np.int64)
+        rows = np.empty(n_cand, np.int64)
+        n = 0
+        for t in range(n_cand):
+            c = hl[i, 0, t]
+            if c != EMPTY:
+                labels[n] = c
+                rows[n] = c if class_row.shape[0] == 0 else class_row[c]
+                n += 1
+        ks = np.empty((1, k), np.float32)
+        kl = np.empty((1, k), np.int64)
+        clear(ks[0], kl[0])
+        _score_block(W, b, rows[:n], labels[:n], H, np.full(1, i, np.int64), ks, kl, np.zeros(1, np.int64),
+                     row_block, False)
+        write_sorted(ks[0], kl[0], out_s[i], out_l[i])
+        n_scored[i] = n
