@@ -324,11 +324,10 @@ def test_routed_methods_screen_their_probed_buckets(method, build, search):
         want = index.search(H[one:one + 1], 5, screen=12, engine="numpy", return_n_scored=True, **search)
         np.testing.assert_array_equal(got[1], want[1])
         np.testing.assert_array_equal(got[2], want[2])
+    _, labels, n = index.search(H, 5, screen=12, return_n_scored=True, **search)
     _, ref_labels, ref_n = index.search(H, 5, screen=12, engine="numpy", return_n_scored=True, **search)
-    for path in ("auto", "fused", "grouped"):   # grouped: queries sharing a bucket scanned four at a time
-        _, labels, n = index.search(H, 5, screen=12, path=path, return_n_scored=True, **search)
-        np.testing.assert_array_equal(labels, ref_labels)
-        np.testing.assert_array_equal(n, ref_n)
+    np.testing.assert_array_equal(labels, ref_labels)
+    np.testing.assert_array_equal(n, ref_n)
     assert np.all(n <= 24) and np.all(n <= n_full)   # adaptive screens its head and its tail: 12 each
     assert p_at_k(labels, plain_l, 1) >= 0.9
 

@@ -24,9 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..arrays import row_blocks
-from .dispatch import (_launch, _num_threads, _row_block, _work_items, check_rows, choose_path, exact_topk,
-                       query_products, rescore_topk)
-from .names import PATHS, QUERY_BLOCK, check_engine
+from .dispatch import _launch, _num_threads, _row_block, check_rows, exact_topk, query_products, rescore_topk
+from .names import QUERY_BLOCK, check_engine
 
 RUN = 64                  # queries per work item of the scan
 CERTIFIED_STEP = 256      # queries per certified kernel call (bounds its kept-class buffers)
@@ -431,21 +430,16 @@ class BucketCodes:
 
 
 def screened_candidate_topk(W, b, H, k: int, codes: BucketCodes, probes: np.ndarray, n_cand: int,
-                            engine: str = "numba", class_row: np.ndarray | None = None, path: str = "auto"):
+                            engine: str = "numba", class_row: np.ndarray | None = None):
     """Exact rescoring of the n_cand best classes by approximate logit among each query's probed buckets ->
     scores (N, k) f32, labels (N, k) i64, n_scored (N,) i64 (classes rescored exactly). class_row: (D,) the
-    row of W holding each class (a permuted layer's), None for row c = class c. path: as candidate_topk's
-    ('grouped': queries grouped by bucket, each block of codes read once per run of queries; 'fused': one
-    query at a time; 'auto': dispatch.choose_path); the results are the same."""
+    row of W holding each class (a permuted layer's), None for row c = class c."""
     check_engine(engine)
-    if path not in PATHS:
-        raise ValueError(f"path: expected one of {PATHS}, got {path!r}")
-    cells = n_cand * max(1, probes.shape[1])   # the grouped path keeps a heap per (query, probe)
-    return in_steps(H, k, cells, lambda part, rows: _screened_step(W, b, part, k, codes, probes[rows], n_cand,
-                                                                   engine, class_row, path))
+    return in_steps(H, k, n_cand, lambda part, rows: _screened_step(W, b, part, k, codes, probes[rows], n_cand,
+                                                                    engine, class_row))
 
 
-def _screened_step(W, b, H, k, codes, probes, n_cand, engine, class_row, path):
+def _screened_step(W, b, H, k, codes, probes, n_cand, engine, class_row):
     quads, qscale, qconst, _ = codes.queries(H)
     N = H.shape[0]
     if engine == "numpy":
@@ -457,20 +451,12 @@ def _screened_step(W, b, H, k, codes, probes, n_cand, engine, class_row, path):
             order = cand[np.lexsort((cand, -approx[i, cand]))][:n_cand]
             ids[i, :order.size] = order
         return rescore_topk(W, b, H, k, ids, engine, class_row=class_row)
+    n_parts = max(1, -(-2 * _num_threads() // N)) if N < _num_threads() else 1
     out_s, out_l, n_scored = np.empty((N, k), np.float32), np.empty((N, k), np.int64), np.empty(N, np.int64)
-    scan = (codes.blocks, codes.block_ptr, codes.slot_class, codes.slot_corr, codes.slot_scale, codes.slot_shift,
-            quads, qscale, qconst)
-    rescore = (W, b, np.zeros(0, np.int32) if class_row is None else class_row, H, k, _row_block(W.shape[1]),
-               out_s, out_l, n_scored)
-    if (choose_path(probes) if path == "auto" else path) == "grouped":
-        import numba
-
-        items = _work_items(probes, np.diff(codes.block_ptr))
-        with numba.parallel_chunksize(1):
-            _launch(_kernels().grouped_screen_rescore_kernel, *scan, *items, n_cand, *rescore)
-    else:
-        n_parts = max(1, -(-2 * _num_threads() // N)) if N < _num_threads() else 1
-        _launch(_kernels().bucket_screen_rescore_kernel, *scan, probes, n_cand, n_parts, *rescore)
+    _launch(_kernels().bucket_screen_rescore_kernel, codes.blocks, codes.block_ptr, codes.slot_class, codes.slot_corr,
+            codes.slot_scale, codes.slot_shift, quads, qscale, qconst, probes, n_cand, n_parts, W, b,
+            np.zeros(0, np.int32) if class_row is None else class_row, H, k, _row_block(W.shape[1]), out_s, out_l,
+            n_scored)
     return out_s, out_l, n_scored
 
 

@@ -340,86 +340,19 @@ def bucket_screen_rescore_kernel(blocks, block_ptr, slot_class, corr, scale, shi
                      hs, hl)
     for i in prange(N):
         _merge_parts(i, hs, hl)
-        n_scored[i] = _rescore_heap(i, hl[i, 0], W, b, class_row, H, k, row_block, out_s, out_l)
-
-
-@njit(parallel=True, cache=True)
-def grouped_screen_rescore_kernel(blocks, block_ptr, slot_class, corr, scale, shift, quads, qscale, qconst,
-                                  item_bucket, item_start, item_stop, pair_query, pair_heap, heap_ptr, n_cand, W, b,
-                                  class_row, H, k, row_block, out_s, out_l, n_scored):
-    """bucket_screen_rescore_kernel with queries grouped by bucket (dispatch._work_items' items and pairs): each
-    work item scans one bucket's blocks against a run of the queries that probe it, four queries at a time
-    (vnni's 4 x 2 tiles), so a block of codes is read once per run of queries; each (query, probe) pair keeps
-    its n_cand best in its own heap, merged per query (a class kept once), then rescored exactly."""
-    N = quads.shape[0]
-    n_heaps = heap_ptr[N]
-    hs = np.empty((n_heaps + N, n_cand), np.float32)
-    hl = np.empty((n_heaps + N, n_cand), np.int64)
-    for t in prange(n_heaps + N):
-        clear(hs[t], hl[t])
-    chunk = max(1, CHUNK_BYTES // (64 * blocks.shape[1]))
-    for it in prange(item_bucket.shape[0]):
-        p = item_bucket[it]
-        a = item_start[it]
-        n = item_stop[it] - a
-        run_quads = np.empty((n, quads.shape[1]), np.int32)
-        run_scale = np.empty(n, np.float32)
-        run_const = np.empty(n, np.float32)
-        for j in range(n):
-            q = pair_query[a + j]
-            run_quads[j] = quads[q]
-            run_scale[j] = qscale[q]
-            run_const[j] = qconst[q]
-        acc = np.empty((8, 16), np.int32)
-        vals = np.empty((8, 16), np.float32)
-        mask = np.empty(8, np.int32)
-        worst = np.empty(4, np.float32)
-        for c0 in range(block_ptr[p], block_ptr[p + 1], chunk):
-            c1 = min(block_ptr[p + 1], c0 + chunk)
-            q = 0
-            while q < n:
-                g = c0
-                while g < c1:
-                    n_q, n_b = _tile_shape(q, n, g, c1)
-                    tile(n_q, n_b, blocks, g, run_quads, q, acc)
-                    for i in range(n_q):
-                        worst[i] = hs[pair_heap[a + q + i], 0]
-                    block_scores(n_q, n_b, acc, g, scale, corr, shift, run_scale, run_const, q, worst, vals, mask)
-                    for t in range(n_q * n_b):
-                        bits = mask[t]
-                        if bits:
-                            h = pair_heap[a + q + t // n_b]
-                            first = 16 * (g + t % n_b)
-                            for j in range(16):
-                                if (bits >> j) & 1 and slot_class[first + j] >= 0:
-                                    offer(hs[h], hl[h], vals[t, j], slot_class[first + j])
-                    g += n_b
-                q += n_q
-    for i in prange(N):
-        final = n_heaps + i
-        for j in range(heap_ptr[i], heap_ptr[i + 1]):
-            for t in range(n_cand):
-                offer_unique(hs[final], hl[final], hs[j, t], hl[j, t])
-        n_scored[i] = _rescore_heap(i, hl[final], W, b, class_row, H, k, row_block, out_s, out_l)
-
-
-@njit(inline="always")
-def _rescore_heap(i, labels_in, W, b, class_row, H, k, row_block, out_s, out_l):
-    """Query i's candidates (the classes of heap labels labels_in, EMPTY skipped; class c's row W[class_row[c]],
-    or W[c] when class_row is empty) rescored exactly, top-k to out_s[i] / out_l[i]; returns how many."""
-    labels = np.empty(labels_in.shape[0], np.int64)
-    rows = np.empty(labels_in.shape[0], np.int64)
-    n = 0
-    for t in range(labels_in.shape[0]):
-        c = labels_in[t]
-        if c != EMPTY:
-            labels[n] = c
-            rows[n] = c if class_row.shape[0] == 0 else class_row[c]
-            n += 1
-    ks = np.empty((1, k), np.float32)
-    kl = np.empty((1, k), np.int64)
-    clear(ks[0], kl[0])
-    _score_block(W, b, rows[:n], labels[:n], H, np.full(1, i, np.int64), ks, kl, np.zeros(1, np.int64), row_block,
-                 False)
-    write_sorted(ks[0], kl[0], out_s[i], out_l[i])
-    return n
+        labels = np.empty(n_cand, np.int64)
+        rows = np.empty(n_cand, np.int64)
+        n = 0
+        for t in range(n_cand):
+            c = hl[i, 0, t]
+            if c != EMPTY:
+                labels[n] = c
+                rows[n] = c if class_row.shape[0] == 0 else class_row[c]
+                n += 1
+        ks = np.empty((1, k), np.float32)
+        kl = np.empty((1, k), np.int64)
+        clear(ks[0], kl[0])
+        _score_block(W, b, rows[:n], labels[:n], H, np.full(1, i, np.int64), ks, kl, np.zeros(1, np.int64),
+                     row_block, False)
+        write_sorted(ks[0], kl[0], out_s[i], out_l[i])
+        n_scored[i] = n

@@ -122,7 +122,7 @@ class HostOps:
                 raise ValueError("screen: rescores the layer's own rows; search with rows='exact'")
             probes = check_probes(probes, method.buckets.n_buckets, H.shape[0])
             return screened_candidate_topk(layer.W, layer.b, H, k, method.screen_codes, probes, max(k, screen),
-                                           self.engine, layer.class_row, path)
+                                           self.engine, layer.class_row)
         return candidate_topk(layer.W, layer.b, H, k, method.buckets, probes, engine=self.engine, path=path,
                               packed=getattr(method, rows), square=layer.square and method.supports_spherical)
 
