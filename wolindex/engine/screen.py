@@ -231,8 +231,8 @@ def screen_candidates(codes: ScreenCodes, H: np.ndarray, n_cand: int, engine: st
     n_ranges, run = _split(N, codes.blocks.shape[0])
     out_l = np.empty((N, n_cand), np.int64)
     out_s = np.empty((N, n_cand), np.float32)
-    _kernels().screen_kernel(codes.blocks, codes.scan_corr, codes.scan_scale, codes.scan_bias, quads, qscale, qconst,
-                             D, n_cand, n_ranges, run, out_l, out_s)
+    _launch(_kernels().screen_kernel, codes.blocks, codes.scan_corr, codes.scan_scale, codes.scan_bias, quads, qscale,
+            qconst, D, n_cand, n_ranges, run, out_l, out_s)
     return out_l, out_s
 
 
@@ -338,9 +338,9 @@ def certified_candidates(codes: ScreenCodes, cert: Certificate, H: np.ndarray, k
     up = np.float32(np.inf)
     qa = np.nextafter(q_stats[:, 3].astype(np.float32), up)
     qb = np.nextafter(q_stats[:, 2].astype(np.float32), up)
-    _kernels().certified_kernel(codes.blocks, codes.csum, codes.scan_corr, codes.scan_scale, codes.scan_bias, cert.A,
-                                cert.B, row_stats, quads, qscale, qconst, qa, qb, q_stats, D, k, n_ranges, run,
-                                CERTIFIED_CAP, out_l, out_n, overflow)
+    _launch(_kernels().certified_kernel, codes.blocks, codes.csum, codes.scan_corr, codes.scan_scale, codes.scan_bias,
+            cert.A, cert.B, row_stats, quads, qscale, qconst, qa, qb, q_stats, D, k, n_ranges, run, CERTIFIED_CAP,
+            out_l, out_n, overflow)
     return out_l[:, :max(1, int(out_n.max()))], out_n, overflow
 
 
