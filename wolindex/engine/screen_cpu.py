@@ -158,15 +158,19 @@ def screen_rescore_kernel(blocks, corr, scale, shift, quads, qscale, qconst, n_c
         _scan_item(item, blocks, corr, scale, shift, quads, qscale, qconst, n_classes, n_ranges, run, bs, bl, bn)
     for i in prange(N):
         n = _merge_ranges(i, bs, bl, bn)
-        hs = np.empty((1, k), np.float32)
-        hl = np.empty((1, k), np.int64)
-        clear(hs[0], hl[0])
-        rows = bl[0, i, 1:n + 1]
-        heap = np.zeros(1, np.int64)
-        qsel = np.full(1, i, np.int64)
-        _score_block(W, b, rows, rows, H, qsel, hs, hl, heap, row_block, False)
-        write_sorted(hs[0], hl[0], out_s[i], out_l[i])
+        _rescore(i, bl[0, i, 1:n + 1], bl[0, i, 1:n + 1], W, b, H, k, row_block, out_s, out_l)
         n_scored[i] = n
+
+
+@njit(inline="always")
+def _rescore(i, rows, labels, W, b, H, k, row_block, out_s, out_l):
+    """Query i's exact top-k over the rows W[rows] + b[rows] (classes labels), to out_s[i] / out_l[i]
+    (cpu._score_block's scores, as in every exact search)."""
+    hs = np.empty((1, k), np.float32)
+    hl = np.empty((1, k), np.int64)
+    clear(hs[0], hl[0])
+    _score_block(W, b, rows, labels, H, np.full(1, i, np.int64), hs, hl, np.zeros(1, np.int64), row_block, False)
+    write_sorted(hs[0], hl[0], out_s[i], out_l[i])
 
 
 @njit(inline="always")
@@ -349,10 +353,5 @@ def bucket_screen_rescore_kernel(blocks, block_ptr, slot_class, corr, scale, shi
                 labels[n] = c
                 rows[n] = c if class_row.shape[0] == 0 else class_row[c]
                 n += 1
-        ks = np.empty((1, k), np.float32)
-        kl = np.empty((1, k), np.int64)
-        clear(ks[0], kl[0])
-        _score_block(W, b, rows[:n], labels[:n], H, np.full(1, i, np.int64), ks, kl, np.zeros(1, np.int64),
-                     row_block, False)
-        write_sorted(ks[0], kl[0], out_s[i], out_l[i])
+        _rescore(i, rows[:n], labels[:n], W, b, H, k, row_block, out_s, out_l)
         n_scored[i] = n
