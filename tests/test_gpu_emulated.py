@@ -19,7 +19,8 @@ from test_candidates import candidate_mask, random_buckets
 from wolindex.contrib.datasets import synthetic
 from wolindex.engine import PackedRows
 from wolindex.gpu import engine, kernels, to_device
-from wolindex.gpu.runtime import float32_to_bfloat16_bits, queries_to_storage, rows_to_storage, storage_to_float32
+from wolindex.gpu.runtime import queries_to_storage
+from wolindex.rows import float32_to_bfloat16_bits, rows_to_storage, storage_to_float32
 
 pytestmark = pytest.mark.skipif(cuda_emulator.compiler() is None, reason="needs g++ to build the CUDA emulator")
 

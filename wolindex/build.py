@@ -10,9 +10,11 @@ from .arrays import as_labels, as_queries
 from .index import Index
 from .layer import OutputLayer
 from .methods import METHODS, get_method
+from .rows import check_row_dtype
 
 def build(W, b=None, method: str = "exact", *, train=None, labels=None, class_counts=None,
-          scoring: str = "logit", epsilon: float = 0.0, device: str = "cpu", verbose: bool = True, **params: Any):
+          scoring: str = "logit", epsilon: float = 0.0, dtype: str = "float32", device: str = "cpu",
+          verbose: bool = True, **params: Any):
     """Build an index over the output layer ``logits = H @ W.T + b``.
 
     W: (D, d) array from any framework (or an OutputLayer, then b and class_counts must be None);
@@ -20,8 +22,10 @@ def build(W, b=None, method: str = "exact", *, train=None, labels=None, class_co
     labels: (N,) their true class ids, for learned builders; class_counts: (D,) training frequencies;
     scoring: 'logit' (softmax layers) or 'spherical' (spherical softmax with `epsilon`: classes ranked by
     (w.h + b)^2, and search(..., return_probs=True) available); params: the method's build settings (see
-    wolindex.METHODS[method].Build); device: 'cpu' (an Index) or 'cuda' / 'cuda:N' (the built Index moved
-    to that GPU, float32 rows: a wolindex.gpu.GpuIndex; see Index.to)."""
+    wolindex.METHODS[method].Build); dtype: how the index stores W's rows, 'float32', 'float16' or
+    'bfloat16' (rounded to nearest even; the method is fitted on the rounded rows, and searches return the
+    exact float32 scores of the rows as stored); device: 'cpu' (an Index) or 'cuda' / 'cuda:N' (the built
+    Index moved to that GPU, its rows in the same dtype: a wolindex.gpu.GpuIndex; see Index.to)."""
     if not isinstance(device, str) or not (device in ("cpu", "cuda") or device.startswith("cuda:")):
         raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     if isinstance(W, OutputLayer):
@@ -30,6 +34,7 @@ def build(W, b=None, method: str = "exact", *, train=None, labels=None, class_co
         layer = W.in_class_order()
     else:
         layer = OutputLayer.from_arrays(W, b, class_counts, scoring, epsilon)
+    check_row_dtype(dtype)
     method_cls = get_method(method)
     if layer.square and not method_cls.supports_spherical:
         spherical = sorted(name for name, m in METHODS.items() if m.supports_spherical)
@@ -42,14 +47,18 @@ def build(W, b=None, method: str = "exact", *, train=None, labels=None, class_co
             raise ValueError("labels: given without train hidden states")
         y = as_labels(labels, H.shape[0], layer.n_classes)
     t0 = time.perf_counter()
+    layer = layer.rounded_to(dtype)
     built = method_cls.build(layer, build_params, H, y, verbose)
+    stored = layer.stored_as(dtype)
     if hasattr(built, "storage_order"):
-        layer = layer.permuted(built.storage_order(layer))
-        built = method_cls.restore(layer, built.arrays, built.state)
+        stored = stored.permuted(built.storage_order(layer))
+    if stored is not layer:
+        built = method_cls.restore(stored, built.arrays, built.state)
+    layer = stored
     info = {
         "build_seconds": time.perf_counter() - t0,
         "built_with": f"wolindex {__version__}",
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     index = Index(layer, built, build_params, built.default_search(), info)
-    return index.to(device)
+    return index.to(device, dtype)

@@ -42,6 +42,7 @@ from .index import load as load_index
 from .layer import OutputLayer
 from .methods import get_method
 from .methods.adaptive.clusters import frequency_order
+from .rows import as_float32_rows
 
 FORMAT = "wolindex-sharded"
 FORMAT_VERSION = 1
@@ -204,7 +205,7 @@ class ShardServer:
             top = np.full(H.shape[0], -np.inf)
             total = np.zeros(H.shape[0])
             for lo in range(0, layer.n_classes, LSE_ROWS):
-                logits = H @ layer.W[lo:lo + LSE_ROWS].T + layer.b[lo:lo + LSE_ROWS]
+                logits = H @ as_float32_rows(layer.W[lo:lo + LSE_ROWS]).T + layer.b[lo:lo + LSE_ROWS]
                 new_top = np.maximum(top, logits.max(axis=1))
                 total = total * np.exp(top - new_top) + np.exp(logits - new_top[:, None]).sum(axis=1, dtype=np.float64)
                 top = new_top

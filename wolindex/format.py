@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from ._version import __version__
-from .arrays import all_finite
+from .arrays import all_blocks, all_finite
 from .layer import OutputLayer, check_scoring
+from .rows import STORAGE, finite_values
 
 FORMAT = "wolindex-index"
 FORMAT_VERSION = 2   # 2: meta.json carries meta_sha256
@@ -392,10 +393,10 @@ def _layer_of(arrays: dict, meta: dict, path: Path) -> OutputLayer:
     D, d = meta["n_classes"], meta["dim"]
     W, b = arrays.get("layer.W"), arrays.get("layer.b")
     counts = arrays.get("layer.class_counts")
-    if W is None or b is None or W.dtype != np.float32 or W.shape != (D, d) or b.dtype != np.float32 \
+    if W is None or b is None or W.dtype not in STORAGE or W.shape != (D, d) or b.dtype != np.float32 \
             or b.shape != (D,) or (counts is not None and (counts.dtype != np.int64 or counts.shape != (D,))):
         raise ValueError(f"path: {path}: the layer arrays do not match n_classes={D}, dim={d}")
-    if not (all_finite(W) and all_finite(b)):
+    if not (all_blocks(W, finite_values) and all_finite(b)):
         raise ValueError(f"path: {path}: the layer's W or b holds NaN or Inf")
     if counts is not None and counts.min() < 0:
         raise ValueError(f"path: {path}: the layer's class_counts holds negative counts")

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .rows import as_float32_rows
 from .torch import IndexedHead
 
 CHECKED_ROWS = 64      # rows of W compared with the model's head by patch_lm_head
@@ -76,7 +77,7 @@ def _check_same_layer(host, head, compare_rows: bool) -> None:
     bias = getattr(head, "bias", None)
     b = np.zeros(rows.size, np.float32) if bias is None else bias.detach()[rows].float().cpu().numpy()
     stored = host.layer.rows_of(rows)
-    if not (np.allclose(host.layer.W[stored], W, rtol=1e-2, atol=1e-3)
+    if not (np.allclose(as_float32_rows(host.layer.W[stored]), W, rtol=1e-2, atol=1e-3)
             and np.allclose(host.layer.b[stored], b, rtol=1e-2, atol=1e-3)):
         raise ValueError("index: its W / b differ from the model's output layer; build it from that layer "
                          "(wolindex.hf.lm_head_index(model, ...))")

@@ -13,6 +13,7 @@ from . import format as fmt
 from .arrays import as_queries, check_k
 from .engine.blas import before_search
 from .layer import OutputLayer
+from .rows import as_float32_rows
 from .methods import Method, get_method
 from .params import BuildParams
 
@@ -112,7 +113,8 @@ class Index:
         """(max over classes of sum_j |W_cj|, max |b_c|) in float64: |w_c . h + b_c| <= |h|_inf * first + second."""
         W = self.layer.W
         rows = max(1, (1 << 22) // W.shape[1])
-        l1 = max(float(np.abs(W[lo:lo + rows]).sum(axis=1, dtype=np.float64).max()) for lo in range(0, len(W), rows))
+        l1 = max(float(np.abs(as_float32_rows(W[lo:lo + rows])).sum(axis=1, dtype=np.float64).max())
+                 for lo in range(0, len(W), rows))
         return l1, float(np.abs(self.layer.b).max())
 
     def _check_no_overflow(self, Q: np.ndarray) -> None:
@@ -126,14 +128,15 @@ class Index:
                              f"{' squared' if self.layer.square else ''} (|h|_inf * max_c |w_c|_1 + max |b| = "
                              f"{bound:.3g}); rescale the queries or the layer")
 
-    def to(self, device: str = "cuda", dtype: str = "float32"):
+    def to(self, device: str = "cuda", dtype: str | None = None):
         """This index on `device`: 'cpu' gives itself; 'cuda' or 'cuda:N' a wolindex.gpu.GpuIndex searched on
-        that NVIDIA GPU (needs CuPy), its rows stored in dtype 'float32', 'float16' or 'bfloat16'."""
+        that NVIDIA GPU (needs CuPy), its rows stored in dtype 'float32', 'float16' or 'bfloat16' (None: as
+        this index stores them)."""
         if device == "cpu":
             return self
         from .gpu import to_device
 
-        return to_device(self, device, dtype)
+        return to_device(self, device, dtype or self.layer.row_dtype)
 
     def tune(self, H_val, k: int = 10, **options: Any) -> dict[str, Any]:
         """Make the cheapest search setting that meets a target on held-out queries the default:
@@ -168,6 +171,7 @@ class Index:
             "method": self.method_name,
             "n_classes": self.n_classes,
             "dim": self.dim,
+            "row_dtype": self.layer.row_dtype,
             "index_bytes": self.nbytes(),
             "mapped_bytes": self.mapped_nbytes(),
             "resident_bytes": self.nbytes() - self.mapped_nbytes(),

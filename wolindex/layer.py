@@ -8,16 +8,17 @@ import numpy as np
 
 from ._numeric import with_bias_column, with_one_column
 from .arrays import as_float32, to_numpy
+from .rows import as_float32_rows, row_dtype, rows_to_storage, storage_to_float32
 
 
 @dataclass(frozen=True)
 class OutputLayer:
     """A wide output layer ``logits = H @ W.T + b``.
 
-    W: (D, d) float32, C-contiguous.  b: (D,) float32.  class_counts: (D,) int64 >= 0 or None
-    (training frequencies, used by frequency-based builders). scoring: 'logit' (a softmax layer: classes
-    ranked by o = w.h + b) or 'spherical' (a spherical softmax, p_c = (o_c^2 + epsilon) / sum_j (o_j^2 +
-    epsilon): classes ranked by o^2, both signs).
+    W: (D, d) float32, C-contiguous, or stored in float16 / bfloat16 (see `stored_as`).  b: (D,) float32.
+    class_counts: (D,) int64 >= 0 or None (training frequencies, used by frequency-based builders).
+    scoring: 'logit' (a softmax layer: classes ranked by o = w.h + b) or 'spherical' (a spherical softmax,
+    p_c = (o_c^2 + epsilon) / sum_j (o_j^2 + epsilon): classes ranked by o^2, both signs).
 
     row_class: (D,) int32 permutation or None. None: row c of W and b is class c. Otherwise W and b are
     stored in another order (an index keeps them in its buckets' order, see `permuted`): row r is class
@@ -98,6 +99,26 @@ class OutputLayer:
                            self.scoring, self.epsilon)
 
     @property
+    def row_dtype(self) -> str:
+        """How W's rows are stored: 'float32', 'float16' or 'bfloat16' (wolindex.rows)."""
+        return row_dtype(self.W)
+
+    def stored_as(self, dtype: str) -> "OutputLayer":
+        """This layer with W stored in `dtype` ('float32', 'float16' or 'bfloat16', rounded to nearest even;
+        itself when already so stored). Searches then score the stored rows exactly, in float32."""
+        if dtype == self.row_dtype:
+            return self
+        return OutputLayer(rows_to_storage(self.W, dtype), self.b, self.class_counts, self.scoring, self.epsilon,
+                           self.row_class)
+
+    def rounded_to(self, dtype: str) -> "OutputLayer":
+        """This layer with float32 rows holding the values W takes in `dtype` (what builders fit on)."""
+        if dtype == "float32" and self.row_dtype == "float32":
+            return self
+        return OutputLayer(storage_to_float32(np, self.stored_as(dtype).W, dtype), self.b, self.class_counts,
+                           self.scoring, self.epsilon, self.row_class)
+
+    @property
     def square(self) -> bool:
         """Whether classes rank by the squared output (spherical layers)."""
         return self.scoring == "spherical"
@@ -105,7 +126,7 @@ class OutputLayer:
     @cached_property
     def gram(self) -> np.ndarray:
         """Q = [W, b]^T [W, b], (d + 1, d + 1) float64: |W h + b|^2 = [h, 1]^T Q [h, 1] in O(d^2)."""
-        Wb = with_bias_column(self.W, self.b, dtype=np.float64)
+        Wb = with_bias_column(as_float32_rows(self.W), self.b, dtype=np.float64)
         return Wb.T @ Wb
 
     def spherical_probs(self, H: np.ndarray, squares: np.ndarray) -> np.ndarray:
@@ -117,7 +138,7 @@ class OutputLayer:
 
     def logits(self, H: np.ndarray) -> np.ndarray:
         """(N, d) float32 -> (N, D) float32 full logits (for references and small checks)."""
-        return H @ self.W.T + self.b
+        return H @ as_float32_rows(self.W).T + self.b
 
 
 SCORINGS = ("logit", "spherical")

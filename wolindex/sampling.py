@@ -37,6 +37,7 @@ from ._numeric import with_one_column
 from .arrays import as_queries, check_k
 from .engine.names import QUERY_BLOCK
 from .params import check_int, check_number
+from .rows import as_float32_rows
 
 TAIL_ROWS = 1024           # classes in the default estimate's stratified sample
 TAIL_SEED = 0
@@ -80,7 +81,8 @@ def tail_sample(layer, rows: int = TAIL_ROWS, seed: int = TAIL_SEED) -> TailSamp
     keep = np.argsort(ids)
     ids = ids[keep].astype(np.int64)
     stored = layer.rows_of(ids)
-    return TailSample(ids, np.ascontiguousarray(layer.W[stored]), layer.b[stored].copy(), log_weight[keep])
+    return TailSample(ids, np.ascontiguousarray(as_float32_rows(layer.W[stored])), layer.b[stored].copy(),
+                      log_weight[keep])
 
 
 def _host(index):
@@ -192,8 +194,10 @@ def exact_log_normaliser(index, H, temperature: float = 1.0) -> np.ndarray:
     out = np.empty(Q.shape[0])
     for q0 in range(0, Q.shape[0], n_q):
         Hq = Q[q0:q0 + n_q]
-        parts = [logsumexp(log_weights(layer, Hq @ layer.W[c0:c0 + width].T + layer.b[c0:c0 + width]) / T)
-                 for c0 in range(0, D, width)]
+        parts = []
+        for c0 in range(0, D, width):
+            logits = Hq @ as_float32_rows(layer.W[c0:c0 + width]).T + layer.b[c0:c0 + width]
+            parts.append(logsumexp(log_weights(layer, logits) / T))
         out[q0:q0 + n_q] = logsumexp(np.stack(parts, axis=1))
     return out
 

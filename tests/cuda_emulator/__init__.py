@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from wolindex.gpu import kernels
-from wolindex.gpu.runtime import Runtime, storage_to_float32
+from wolindex.gpu.runtime import Runtime
+from wolindex.rows import storage_to_float32
 
 HERE = Path(__file__).parent
 

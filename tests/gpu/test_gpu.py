@@ -8,7 +8,8 @@ import wolindex
 from helpers import assert_topk_matches, random_layer, random_queries
 from wolindex.contrib.datasets import synthetic
 from wolindex.gpu import engine
-from wolindex.gpu.runtime import queries_to_storage, rows_to_storage, storage_to_float32
+from wolindex.gpu.runtime import queries_to_storage
+from wolindex.rows import rows_to_storage, storage_to_float32
 
 cupy = pytest.importorskip("cupy")
 try:

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..rows import STORAGE
+
 
 @dataclass(frozen=True)
 class Buckets:
@@ -67,7 +69,7 @@ class Buckets:
 @dataclass(frozen=True)
 class PackedRows:
     """The rows that score a Buckets' entries: entry p (class buckets.indices[p]) is scored with W[row_of[p]],
-    b[row_of[p]]. W: (R, d) float32, b: (R,) float32, row_of: (nnz,) int32 in [0, R).
+    b[row_of[p]]. W: (R, d) rows of a row dtype (wolindex.rows), b: (R,) float32, row_of: (nnz,) int32 in [0, R).
 
     Rows stored in bucket order (an index's permuted layer, `of`'s copy) make each bucket a contiguous
     range that is streamed instead of gathered (about 2.5x faster per query on scattered classes)."""
@@ -93,12 +95,13 @@ class PackedRows:
         return np.ascontiguousarray(self.W[self.row_of]), self.b[self.row_of]
 
     def validate(self, buckets: Buckets, dim: int) -> None:
-        """Raise ValueError unless these are C-contiguous float32 rows of width dim with one row_of in [0, R)
+        """Raise ValueError unless these are C-contiguous rows of width dim with one row_of in [0, R)
         per entry of buckets; on success remember (buckets, dim) (see check)."""
         nnz = buckets.indices.shape[0]
         R = self.W.shape[0] if self.W.ndim == 2 else -1
-        if self.W.dtype != np.float32 or self.W.shape != (R, dim) or not self.W.flags.c_contiguous:
-            raise ValueError(f"packed: W must be C-contiguous float32 of shape (R, {dim}), got {self.W.shape}")
+        if self.W.dtype not in STORAGE or self.W.shape != (R, dim) or not self.W.flags.c_contiguous:
+            raise ValueError(f"packed: W must be C-contiguous float32, float16 or bfloat16 bits (uint16) of shape "
+                             f"(R, {dim}), got {self.W.dtype} {self.W.shape}")
         if self.b.dtype != np.float32 or self.b.shape != (R,):
             raise ValueError(f"packed: b must be float32 of shape ({R},), got {self.b.shape}")
         if self.row_of.dtype != np.int32 or self.row_of.shape != (nnz,):

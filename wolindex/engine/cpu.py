@@ -2,24 +2,62 @@
 
 All scoring goes through `_score_block`: a register-tiled (2 rows x 4 queries) dot-product kernel that
 reads each class row once per row block and keeps it in cache while all of the block's queries use it,
-feeding per-query top-k heaps directly (no N x D score buffer, no separate selection pass).
+feeding per-query top-k heaps directly (no N x D score buffer, no separate selection pass). Rows may be
+stored in float16 or bfloat16 (wolindex.rows.kernel_rows): `widen` converts each value to float32 exactly
+as it is read, so products are float32 products of the stored values.
 
 Kernels use fastmath without 'nnan'/'ninf', so the -inf heap sentinels compare correctly; only the
 summation order of a dot product is left to the compiler (scores may differ from numpy in the last ulps).
 """
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic, overload
 
 from .heap import clear, offer, offer_unique, write_sorted
 
 FAST = {"reassoc", "contract", "nsz"}
 
 
+@intrinsic
+def _float16_bits_to_float32(typingctx, bits):
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return types.float32(types.int16), codegen
+
+
+@intrinsic
+def _bfloat16_bits_to_float32(typingctx, bits):
+    def codegen(context, builder, signature, args):
+        wide = builder.zext(args[0], ir.IntType(32))
+        return builder.bitcast(builder.shl(wide, ir.Constant(ir.IntType(32), 16)), ir.FloatType())
+
+    return types.float32(types.uint16), codegen
+
+
+def widen(x):
+    """A stored row value as a float: float32 / float64 as is, float16 bits (int16) or bfloat16 bits (uint16,
+    see wolindex.rows.kernel_rows) converted exactly to float32. Numba only (the overload below)."""
+    raise NotImplementedError("widen runs inside Numba kernels only")
+
+
+@overload(widen, inline="always")
+def _widen(x):
+    if isinstance(x, types.Float):
+        return lambda x: x
+    if x == types.int16:
+        return lambda x: _float16_bits_to_float32(x)
+    if x == types.uint16:
+        return lambda x: _bfloat16_bits_to_float32(x)
+    return None
+
+
 @njit(fastmath=FAST, inline="always")
 def _dot1(w, h):
     acc = np.float32(0.0)
     for t in range(w.shape[0]):
-        acc += w[t] * h[t]
+        acc += widen(w[t]) * h[t]
     return acc
 
 
@@ -34,8 +72,8 @@ def _dot2x4(w0, w1, h0, h1, h2, h3):
     a12 = np.float32(0.0)
     a13 = np.float32(0.0)
     for t in range(w0.shape[0]):
-        x0 = w0[t]
-        x1 = w1[t]
+        x0 = widen(w0[t])
+        x1 = widen(w1[t])
         y0 = h0[t]
         y1 = h1[t]
         y2 = h2[t]
@@ -119,8 +157,9 @@ def _score_block(W, b, rows, labels, H, qsel, hs, hl, hrow, row_block, square):
 
 @njit(parallel=True, fastmath=FAST, cache=True)
 def exact_topk_kernel(W, b, H, k, labels, n_chunks, row_block, square, out_s, out_l):
-    """Exact top-k of H @ W.T + b.  W (D, d) f32, b (D,) f32, H (N, d) f32, labels (D,) int32 the class of
-    each row (empty: row r is class r) -> out_s (N, k) f32, out_l (N, k) i64.
+    """Exact top-k of H @ W.T + b.  W (D, d) rows (float32, or float16 / bfloat16 bits, see widen), b (D,) f32,
+    H (N, d) f32, labels (D,) int32 the class of each row (empty: row r is class r) -> out_s (N, k) f32,
+    out_l (N, k) i64.
 
     Rows are split into n_chunks ranges scored in parallel, each into its own heaps; then merged."""
     D = W.shape[0]

@@ -8,6 +8,7 @@ import threading
 
 import numpy as np
 
+from ..rows import STORAGE, kernel_rows, row_dtype
 from . import numpy_ref
 from .buckets import Buckets, PackedRows, check_probes
 from .names import ENGINES, PATHS, QUERY_BLOCK, check_engine
@@ -51,9 +52,9 @@ def _threadsafe() -> bool:
         import numba
 
         with _launch_lock:
-            _kernels().exact_topk_kernel(np.zeros((1, 1), np.float32), np.zeros(1, np.float32),
-                                         np.zeros((1, 1), np.float32), 1, np.zeros(0, np.int32), 1, 1, False,
-                                         np.empty((1, 1), np.float32), np.empty((1, 1), np.int64))
+            _kernels().exact_topk_kernel(readonly(np.zeros((1, 1), np.float32)), readonly(np.zeros(1, np.float32)),
+                                         readonly(np.zeros((1, 1), np.float32)), 1, readonly(np.zeros(0, np.int32)),
+                                         1, 1, False, np.empty((1, 1), np.float32), np.empty((1, 1), np.int64))
             _layer_is_threadsafe = numba.threading_layer() != "workqueue"
     return _layer_is_threadsafe
 
@@ -65,16 +66,29 @@ def _launch(kernel, *args):
         return kernel(*args)
 
 
+def readonly(a: np.ndarray) -> np.ndarray:
+    """a as a read-only view (a itself when already read-only). Kernels take the arrays a caller hands over
+    (rows, queries, an index's arrays) read-only, so that arrays mapped read-only from an index file and
+    arrays in memory run one compiled kernel instead of two."""
+    if not a.flags.writeable:
+        return a
+    view = a.view()
+    view.flags.writeable = False
+    return view
+
+
 def _row_block(dim: int) -> int:
     """Rows per cache block: about 128 KiB of float32 rows."""
     return max(8, (128 * 1024) // (4 * dim))
 
 
 def check_rows(W: np.ndarray, b: np.ndarray, H: np.ndarray, k) -> None:
-    """O(1) checks that keep the kernels' reads inside W, b and H: float32 arrays W (D, d), b (D,), H (N, d),
-    k an int >= 1 (their values are the caller's to check)."""
+    """O(1) checks that keep the kernels' reads inside W, b and H: NumPy arrays W (D, d) of a row dtype
+    (wolindex.rows), float32 b (D,) and H (N, d), k an int >= 1 (their values are the caller's to check)."""
+    if isinstance(W, np.ndarray):
+        row_dtype(W)
     for name, a, ndim in (("W", W, 2), ("b", b, 1), ("H", H, 2)):
-        if not isinstance(a, np.ndarray) or a.dtype != np.float32:
+        if not isinstance(a, np.ndarray) or (a.dtype != np.float32 and a is not W):
             raise TypeError(f"{name}: expected a float32 NumPy array, got {getattr(a, 'dtype', type(a).__name__)}")
         if a.ndim != ndim:
             raise ValueError(f"{name}: expected a {ndim}-D array, got shape {a.shape}")
@@ -90,7 +104,8 @@ def check_rows(W: np.ndarray, b: np.ndarray, H: np.ndarray, k) -> None:
 
 def exact_topk(W: np.ndarray, b: np.ndarray, H: np.ndarray, k: int, engine: str = "numba", square: bool = False,
                labels: np.ndarray | None = None):
-    """Exact top-k of H @ W.T + b (of its square when `square`: spherical layers).  W (D, d) f32, b (D,) f32,
+    """Exact top-k of H @ W.T + b (of its square when `square`: spherical layers).  W (D, d) rows of a row
+    dtype (wolindex.rows: scores in float32 from the stored values), b (D,) f32,
     H (N, d) f32 -> scores (N, k) float32, labels (N, k) int64, best first (ties: smaller label first).
     labels: (D,) int32, the class of each row (a permuted layer's row_class); None: row r is class r. Their
     values must already be checked (finite, labels a permutation); shapes and dtypes are checked here."""
@@ -106,6 +121,8 @@ def exact_topk(W: np.ndarray, b: np.ndarray, H: np.ndarray, k: int, engine: str 
     out_s = np.empty((N, k), np.float32)
     out_l = np.empty((N, k), np.int64)
     cpu = _kernels()
+    W, b, H, labels = readonly(kernel_rows(W)), readonly(b), readonly(H), readonly(labels)
+    k = int(k)
     if N * W.shape[0] * W.shape[1] <= SERIAL_MAX_WORK:
         cpu.exact_topk_serial_kernel(W, b, H, k, labels, _row_block(W.shape[1]), square, out_s, out_l)
         return out_s, out_l
@@ -118,11 +135,13 @@ def exact_topk(W: np.ndarray, b: np.ndarray, H: np.ndarray, k: int, engine: str 
 
 
 def query_products(H: np.ndarray, V: np.ndarray, c: np.ndarray | None = None) -> np.ndarray:
-    """H (N, d) @ V (R, d).T + c (R,) -> (N, R), float32 or float64 (H, V and c of one dtype), by the engine's
+    """H (N, d) @ V (R, d).T + c (R,) -> (N, R), float32 or float64 (H, V and c of one dtype; V may also be
+    rows in float16 / bfloat16 with float32 H and c, see wolindex.rows), by the engine's
     own kernels: a search's small products (projections, gates, bounds) make no BLAS call, whose worker threads
     keep spinning after it and slow the engine's threads and the model that called the search."""
     dtype = H.dtype
-    if dtype not in (np.float32, np.float64) or V.dtype != dtype or (c is not None and c.dtype != dtype):
+    rows_ok = V.dtype == dtype or (dtype == np.float32 and V.dtype in STORAGE)
+    if dtype not in (np.float32, np.float64) or not rows_ok or (c is not None and c.dtype != dtype):
         raise TypeError(f"H, V, c: expected one dtype, float32 or float64, got {H.dtype}, {V.dtype}, "
                         f"{None if c is None else c.dtype}")
     if H.ndim != 2 or V.ndim != 2 or H.shape[1] != V.shape[1]:
@@ -131,7 +150,7 @@ def query_products(H: np.ndarray, V: np.ndarray, c: np.ndarray | None = None) ->
         c = np.zeros(V.shape[0], dtype)
     elif c.shape != (V.shape[0],):
         raise ValueError(f"c: expected shape ({V.shape[0]},), got {c.shape}")
-    H, V = np.ascontiguousarray(H), np.ascontiguousarray(V)
+    H, V, c = readonly(np.ascontiguousarray(H)), readonly(kernel_rows(np.ascontiguousarray(V))), readonly(c)
     out = np.empty((H.shape[0], V.shape[0]), dtype)
     if out.size == 0:
         return out
@@ -183,9 +202,10 @@ def _fused(W, b, row_of, n_classes, H, k, buckets, probes, square):
     out_l = np.empty((N, k), np.int64)
     n_scored = np.empty(N, np.int64)
     ws = _fused_workspace(n_chunks, n_classes)
+    indptr, indices = readonly(buckets.indptr), readonly(buckets.indices)
     for q0 in range(0, N, QUERY_BLOCK):
         q1 = min(N, q0 + QUERY_BLOCK)
-        args = (W, b, row_of, H[q0:q1], probes[q0:q1], buckets.indptr, buckets.indices, k, ws.stamps,
+        args = (W, b, row_of, H[q0:q1], probes[q0:q1], indptr, indices, k, ws.stamps,
                 ws.cand_rows, ws.cand_labels, ws.take_stamps(q1 - q0))
         outs = (_row_block(W.shape[1]), square, out_s[q0:q1], out_l[q0:q1], n_scored[q0:q1])
         if N < threads:
@@ -231,7 +251,8 @@ def _grouped(W, b, row_of, H, k, buckets, probes, square):
         q1 = min(N, q0 + QUERY_BLOCK)
         items = _work_items(probes[q0:q1], sizes)
         with numba.parallel_chunksize(1):
-            _launch(cpu.grouped_candidates_kernel, W, b, row_of, H[q0:q1], buckets.indptr, buckets.indices, *items,
+            _launch(cpu.grouped_candidates_kernel, W, b, row_of, H[q0:q1], readonly(buckets.indptr),
+                    readonly(buckets.indices), *items,
                     k, _row_block(W.shape[1]), square, out_s[q0:q1], out_l[q0:q1])
     n_scored = np.where(probes >= 0, sizes[np.maximum(probes, 0)], 0).sum(axis=1)
     return out_s, out_l, n_scored
@@ -276,6 +297,8 @@ def _candidate_topk(W, b, H, k, buckets, probes, engine, path, packed, square):
     if path == "auto":
         path = choose_path(probes)
     rows = (W, b, buckets.indices) if packed is None else (packed.W, packed.b, packed.row_of)
+    rows = tuple(readonly(a) for a in (kernel_rows(rows[0]), rows[1], rows[2]))
+    H, probes, k = readonly(H), readonly(probes), int(k)
     if path == "grouped":
         return _grouped(*rows, H, k, buckets, probes, square)
     return _fused(*rows, W.shape[0], H, k, buckets, probes, square)

@@ -1,6 +1,8 @@
 """Slow, obviously correct reference engine (plain NumPy): the oracle the fast kernels are tested against."""
 import numpy as np
 
+from ..rows import as_float32_rows
+
 
 def _top_k_rows(scores: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Best k of (scores, labels) in ranking order (score desc, label asc), padded with (-inf, -1)."""
@@ -15,7 +17,7 @@ def _top_k_rows(scores: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndar
 def exact_topk(W, b, H, k, square=False, labels=None):
     """(N, d) queries -> exact top-k scores (N, k) float32 and labels (N, k) int64 (of the squared logits
     when square); labels: (D,) the class of each row, None for row r = class r."""
-    logits = H @ W.T + b
+    logits = H @ as_float32_rows(W).T + b
     if square:
         logits = logits * logits
     labels = np.arange(W.shape[0], dtype=np.int64) if labels is None else labels.astype(np.int64)
@@ -35,10 +37,10 @@ def candidate_topk(W, b, H, k, buckets, probes, packed=None, square=False):
         pos = np.concatenate(pos) if pos else np.zeros(0, np.int64)
         cand, first = np.unique(buckets.indices[pos].astype(np.int64), return_index=True)
         if packed is None:
-            scores = (W[cand] @ H[i] + b[cand]).astype(np.float32)
+            scores = (as_float32_rows(W[cand]) @ H[i] + b[cand]).astype(np.float32)
         else:
             rows = packed.row_of[pos[first]]
-            scores = (packed.W[rows] @ H[i] + packed.b[rows]).astype(np.float32)
+            scores = (as_float32_rows(packed.W[rows]) @ H[i] + packed.b[rows]).astype(np.float32)
         out_s[i], out_l[i] = _top_k_rows(scores * scores if square else scores, cand, k)
         n_scored[i] = cand.size
     return out_s, out_l, n_scored

@@ -24,7 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..arrays import row_blocks
-from .dispatch import _launch, _num_threads, _row_block, check_rows, exact_topk, query_products, rescore_topk
+from ..rows import as_float32_rows, kernel_rows
+from .dispatch import (_launch, _num_threads, _row_block, check_rows, exact_topk, query_products, readonly,
+                       rescore_topk)
 from .names import QUERY_BLOCK, check_engine
 
 RUN = 64                  # queries per work item of the scan
@@ -97,7 +99,7 @@ def code_queries(H: np.ndarray, mean: np.ndarray, proj: np.ndarray | None, n_qua
     N = H.shape[0]
     quads, qscale, qconst = np.empty((N, n_quads), np.int32), np.empty(N, np.float32), np.empty(N, np.float32)
     p = np.empty(Z.shape, np.int8)
-    _kernels().code_queries_kernel(Z, H, mean, quads, qscale, qconst, p)
+    _kernels().code_queries_kernel(readonly(Z), readonly(H), readonly(mean), quads, qscale, qconst, p)
     return quads, qscale, qconst, p
 
 
@@ -172,7 +174,7 @@ class ScreenCodes:
             codes = from_blocks(self.blocks[lo // 16:-(-hi // 16)], hi - (lo // 16) * 16)[lo % 16:, :d]
             codes = codes.astype(np.float64)
             s = self.scale[lo:hi].astype(np.float64)
-            Wf = W[lo:hi].astype(np.float64)
+            Wf = as_float32_rows(W[lo:hi]).astype(np.float64)
             resid = np.abs(Wf - mean - s[:, None] * codes)
             out[0, lo:hi] = s
             out[1, lo:hi] = resid.max(axis=1)
@@ -231,8 +233,8 @@ def screen_candidates(codes: ScreenCodes, H: np.ndarray, n_cand: int, engine: st
     n_ranges, run = _split(N, codes.blocks.shape[0])
     out_l = np.empty((N, n_cand), np.int64)
     out_s = np.empty((N, n_cand), np.float32)
-    _launch(_kernels().screen_kernel, codes.blocks, codes.scan_corr, codes.scan_scale, codes.scan_bias, quads, qscale,
-            qconst, D, n_cand, n_ranges, run, out_l, out_s)
+    _launch(_kernels().screen_kernel, readonly(codes.blocks), codes.scan_corr, codes.scan_scale, codes.scan_bias, quads,
+            qscale, qconst, D, n_cand, n_ranges, run, out_l, out_s)
     return out_l, out_s
 
 
@@ -279,9 +281,9 @@ def _screen_rescore(W, b, H, k, codes, n_cand):
     N = H.shape[0]
     n_ranges, run = _split(N, codes.blocks.shape[0])
     out_s, out_l, n_scored = np.empty((N, k), np.float32), np.empty((N, k), np.int64), np.empty(N, np.int64)
-    _launch(_kernels().screen_rescore_kernel, codes.blocks, codes.scan_corr, codes.scan_scale, codes.scan_bias,
-            quads, qscale, qconst, codes.n_classes, n_cand, n_ranges, run, W, b, H, k, _row_block(W.shape[1]),
-            out_s, out_l, n_scored)
+    _launch(_kernels().screen_rescore_kernel, readonly(codes.blocks), codes.scan_corr, codes.scan_scale,
+            codes.scan_bias, quads, qscale, qconst, codes.n_classes, n_cand, n_ranges, run, readonly(kernel_rows(W)),
+            readonly(b), readonly(H), int(k), _row_block(W.shape[1]), out_s, out_l, n_scored)
     return out_s, out_l, n_scored
 
 
@@ -338,9 +340,9 @@ def certified_candidates(codes: ScreenCodes, cert: Certificate, H: np.ndarray, k
     up = np.float32(np.inf)
     qa = np.nextafter(q_stats[:, 3].astype(np.float32), up)
     qb = np.nextafter(q_stats[:, 2].astype(np.float32), up)
-    _launch(_kernels().certified_kernel, codes.blocks, codes.csum, codes.scan_corr, codes.scan_scale, codes.scan_bias,
-            cert.A, cert.B, row_stats, quads, qscale, qconst, qa, qb, q_stats, D, k, n_ranges, run, CERTIFIED_CAP,
-            out_l, out_n, overflow)
+    _launch(_kernels().certified_kernel, readonly(codes.blocks), codes.csum, codes.scan_corr, codes.scan_scale,
+            codes.scan_bias, cert.A, cert.B, row_stats, quads, qscale, qconst, qa, qb, q_stats, D, int(k), n_ranges,
+            run, CERTIFIED_CAP, out_l, out_n, overflow)
     return out_l[:, :max(1, int(out_n.max()))], out_n, overflow
 
 
@@ -453,10 +455,11 @@ def _screened_step(W, b, H, k, codes, probes, n_cand, engine, class_row):
         return rescore_topk(W, b, H, k, ids, engine, class_row=class_row)
     n_parts = max(1, -(-2 * _num_threads() // N)) if N < _num_threads() else 1
     out_s, out_l, n_scored = np.empty((N, k), np.float32), np.empty((N, k), np.int64), np.empty(N, np.int64)
-    _launch(_kernels().bucket_screen_rescore_kernel, codes.blocks, codes.block_ptr, codes.slot_class, codes.slot_corr,
-            codes.slot_scale, codes.slot_shift, quads, qscale, qconst, probes, n_cand, n_parts, W, b,
-            np.zeros(0, np.int32) if class_row is None else class_row, H, k, _row_block(W.shape[1]), out_s, out_l,
-            n_scored)
+    _launch(_kernels().bucket_screen_rescore_kernel, readonly(codes.blocks), codes.block_ptr, codes.slot_class,
+            codes.slot_corr, codes.slot_scale, codes.slot_shift, quads, qscale, qconst, readonly(probes), n_cand,
+            n_parts, readonly(kernel_rows(W)), readonly(b),
+            readonly(np.zeros(0, np.int32) if class_row is None else class_row), readonly(H), int(k),
+            _row_block(W.shape[1]), out_s, out_l, n_scored)
     return out_s, out_l, n_scored
 
 

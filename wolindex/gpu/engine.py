@@ -11,8 +11,9 @@ import numpy as np
 
 from ..engine import Buckets, PackedRows
 from ..engine.names import PATHS, QUERY_BLOCK
+from ..rows import rows_to_storage
 from . import kernels
-from .runtime import NULL, queries_to_storage, rows_to_storage
+from .runtime import NULL, queries_to_storage
 
 SCORE_BUDGET = 1 << 26       # float32 scores held at once by exact search and the tile path (256 MiB)
 SELECT_SLICE = 4096          # entries per block of the selection kernel

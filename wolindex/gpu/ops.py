@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from . import kernels
 from .engine import DeviceBuckets, candidate_topk, exact_topk, select_topk
-from .runtime import rows_to_storage
+from ..rows import rows_to_storage
 
 
 class DeviceOps:

@@ -9,6 +9,7 @@ import contextlib
 
 import numpy as np
 
+from ..rows import float32_to_bfloat16_bits
 from . import kernels
 
 NULL = np.uint64(0)              # a null pointer argument
@@ -19,34 +20,6 @@ CUBLAS_GEMM_DEFAULT = -1
 GEMM_TYPES = {"float32": CUDA_R_32F, "float16": CUDA_R_16F, "bfloat16": CUDA_R_16BF}
 
 
-def rows_to_storage(A: np.ndarray, dtype: str, name: str = "W") -> np.ndarray:
-    """Float32 rows (host) -> their stored form: float32, float16, or bfloat16 bit patterns in uint16
-    (round to nearest even). Raises ValueError when a value overflows the storage dtype."""
-    if dtype == "float32":
-        return np.ascontiguousarray(A, np.float32)
-    if dtype == "float16":
-        with np.errstate(over="ignore"):
-            half = A.astype(np.float16)
-        if not np.isfinite(half).all():
-            raise ValueError(f"dtype: {name} has values beyond float16's range (max |x| = {np.abs(A).max():.4g}); "
-                             f"use 'bfloat16' or 'float32'")
-        return half
-    if dtype == "bfloat16":
-        bits = float32_to_bfloat16_bits(np, np.ascontiguousarray(A, np.float32))
-        if np.any(bits & np.uint16(0x7F80) == np.uint16(0x7F80)):   # exponent all ones: rounded up to inf
-            raise ValueError(f"dtype: {name} has values that round beyond bfloat16's range (max |x| = "
-                             f"{np.abs(A).max():.4g}); use 'float32'")
-        return bits
-    raise ValueError(f"dtype: expected one of {sorted(GEMM_TYPES)}, got {dtype!r}")
-
-
-def float32_to_bfloat16_bits(xp, A):
-    """Float32 array (finite) -> uint16 bfloat16 bit patterns, rounded to nearest even; works on NumPy and
-    CuPy arrays alike."""
-    bits = A.view(xp.uint32)
-    return ((bits + xp.uint32(0x7FFF) + ((bits >> 16) & xp.uint32(1))) >> 16).astype(xp.uint16)
-
-
 def queries_to_storage(xp, H, dtype: str):
     """Float32 queries on the device -> the row storage dtype, for a GEMM against stored rows."""
     if dtype == "float32":
@@ -54,13 +27,6 @@ def queries_to_storage(xp, H, dtype: str):
     if dtype == "float16":
         return H.astype(xp.float16)
     return float32_to_bfloat16_bits(xp, H)
-
-
-def storage_to_float32(xp, A, dtype: str):
-    """Stored rows -> float32 (exact)."""
-    if dtype == "bfloat16":
-        return (A.astype(xp.uint32) << 16).view(xp.float32)
-    return A.astype(xp.float32)
 
 
 class Runtime:

@@ -1,0 +1,146 @@
+"""Rows stored in float16 / bfloat16 (build(..., dtype=)): every engine scores the stored values exactly in
+float32, so an index over half rows returns the exact top-k of the layer rounded to that dtype."""
+import numpy as np
+import pytest
+
+import wolindex
+from wolindex.engine.dispatch import candidate_topk, exact_topk, query_products
+from wolindex.engine.buckets import Buckets
+from wolindex.layer import OutputLayer
+from wolindex.rows import as_float32_rows, kernel_rows, rows_to_storage, storage_to_float32
+
+from helpers import assert_topk_matches, random_layer, random_queries
+
+D, DIM = 3000, 64
+W, B = random_layer(D, DIM, seed=71)
+H_TRAIN = random_queries(1500, DIM, seed=72)
+H = random_queries(40, DIM, seed=73)
+HALF = ("float16", "bfloat16")
+BUILDS = {
+    "exact": {},
+    "screen": dict(rank=None),
+    "adaptive": dict(cutoffs=[300, 1200], screen=True),
+    "lss": dict(n_buckets=30, n_tables=2, rounds=1),
+}
+SETTINGS = {"exact": [{}], "screen": [{"n_candidates": 32}, {"n_candidates": D}, {"mode": "certified"}],
+            "adaptive": [{"margin": 1.0}, {"mode": "certified"}, {"margin": 2.0, "screen": 32}],
+            "lss": [{"n_probe": 10}, {"n_probe": 10, "path": "grouped"}, {"n_probe": 10, "engine": "numpy"}]}
+
+
+def rounded(dtype, A=W):
+    return storage_to_float32(np, rows_to_storage(A, dtype), dtype)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_kernels_read_every_finite_pattern_exactly(dtype):
+    """All 65,536 bit patterns: the Numba conversion of every finite one equals NumPy's float32 value."""
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    rows = bits.view(np.float16) if dtype == "float16" else bits
+    values = storage_to_float32(np, rows, dtype)
+    finite = np.isfinite(values)
+    V = np.ascontiguousarray(rows[finite][:, None])
+    got = query_products(np.ones((1, 1), np.float32), V)[0]
+    np.testing.assert_array_equal(got, values[finite])       # (-0.0 comes back +0.0: a sum starting at 0)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_exact_kernel_scores_the_stored_rows(dtype):
+    logits = H.astype(np.float64) @ rounded(dtype).T.astype(np.float64) + B
+    for engine in ("numba", "numpy"):
+        s, lab = exact_topk(rows_to_storage(W, dtype), B, H, 10, engine=engine)
+        assert_topk_matches(s, lab, logits, 10)
+
+
+def test_candidate_kernels_score_the_stored_rows():
+    """One half dtype here and in the builds below (float16): the conversion itself is tested for both
+    above, and every kernel reads rows through it; each further dtype compiles every kernel again."""
+    Ws = rows_to_storage(W, "float16")
+    logits = H.astype(np.float64) @ rounded("float16").T.astype(np.float64) + B
+    buckets = Buckets(np.array([0, 1000, 2500, D], np.int64), np.random.default_rng(0).permutation(D).astype(np.int32))
+    probes = np.tile(np.array([[0, 2]], np.int32), (H.shape[0], 1))
+    mask = np.zeros((H.shape[0], D), bool)
+    mask[:, buckets.indices[:1000]] = True
+    mask[:, buckets.indices[2500:]] = True
+    for engine, path in (("numba", "fused"), ("numba", "grouped"), ("numpy", "auto")):
+        s, lab, n = candidate_topk(Ws, B, H, 10, buckets, probes, engine=engine, path=path)
+        assert_topk_matches(s, lab, logits, 10, cand_mask=mask)
+        assert (n == mask.sum(axis=1)).all()
+
+
+@pytest.fixture(scope="module", params=[(m, "bfloat16" if m == "exact" else "float16") for m in sorted(BUILDS)],
+                ids=lambda p: "-".join(p))
+def built(request):
+    method, dtype = request.param
+    return method, dtype, wolindex.build(W, B, method=method, train=H_TRAIN, dtype=dtype, verbose=False,
+                                         **BUILDS[method])
+
+
+def test_half_index_is_exact_over_the_rounded_layer(built, tmp_path):
+    """Rows stored in the dtype (half W's bytes); certified and all-candidate searches equal exact search of
+    the rounded layer; routed searches keep exact scores of what they return; save / load (mmap) keep it all."""
+    method, dtype, index = built
+    assert index.layer.row_dtype == dtype and index.layer.W.itemsize == 2
+    assert index.stats()["row_dtype"] == dtype
+    logits = H.astype(np.float64) @ rounded(dtype).T.astype(np.float64) + B
+    path = tmp_path / "half.wol"
+    index.save(path)
+    loaded = wolindex.load(path, mmap=True)
+    assert loaded.layer.W.dtype == index.layer.W.dtype
+    rows = np.arange(H.shape[0])[:, None]
+    for settings in SETTINGS[method]:
+        s, lab = index.search(H, 10, **settings)
+        if method == "exact" or settings.get("mode") == "certified" or settings.get("n_candidates") == D:
+            assert_topk_matches(s, lab, logits, 10)
+        else:                                      # routed: exact scores of what it returns, most top-1s found
+            np.testing.assert_allclose(s, logits[rows, lab], rtol=1e-5, atol=1e-4)
+            assert (lab[:, 0] == logits.argmax(axis=1)).mean() >= 0.5
+        s2, lab2 = loaded.search(H, 10, **settings)
+        np.testing.assert_array_equal(lab2, lab)
+        np.testing.assert_array_equal(s2, s)
+    es, el = index.search_exact(H, 10)
+    assert_topk_matches(es, el, logits, 10)
+
+
+def test_half_rows_keep_most_of_the_float32_top_1():
+    """Rounding W changes the ranking only where logits nearly tie: the top-1 of float32 search is kept."""
+    ref = exact_topk(W, B, H, 1)[1]
+    for dtype in HALF:
+        got = wolindex.build(W, B, dtype=dtype, verbose=False).search(H, 1)[1]
+        assert (got == ref).mean() >= 0.9
+
+
+def test_logprobs_and_gpu_dtype_follow_the_stored_rows():
+    index = wolindex.build(W, B, dtype="bfloat16", verbose=False)
+    s, lab, lp = index.search(H, 5, return_logprobs="exact")
+    logits = H.astype(np.float64) @ rounded("bfloat16").T.astype(np.float64) + B
+    lse = np.log(np.exp(logits - logits.max(axis=1, keepdims=True)).sum(axis=1)) + logits.max(axis=1)
+    np.testing.assert_allclose(lp, np.take_along_axis(logits, lab, axis=1) - lse[:, None], atol=1e-4)
+
+
+def test_layer_conversions():
+    layer = OutputLayer.from_arrays(W, B)
+    half = layer.stored_as("float16")
+    assert half.W.dtype == np.float16 and half.stored_as("float16") is half
+    np.testing.assert_array_equal(half.rounded_to("float16").W, rounded("float16"))
+    assert layer.rounded_to("float32") is layer
+    np.testing.assert_array_equal(kernel_rows(half.W), half.W.view(np.int16))
+    np.testing.assert_array_equal(as_float32_rows(half.W), rounded("float16"))
+    bf = half.stored_as("bfloat16")     # float16 values, rounded again to bfloat16
+    np.testing.assert_array_equal(as_float32_rows(bf.W), rounded("bfloat16", rounded("float16")))
+
+
+def test_bad_dtypes_and_ranges_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="dtype: expected one of"):
+        wolindex.build(W, B, dtype="int8", verbose=False)
+    with pytest.raises(ValueError, match="dtype: W has values beyond float16's range"):
+        wolindex.build(W * 1e5, B, dtype="float16", verbose=False)
+    with pytest.raises(TypeError, match="W: expected rows stored as"):
+        exact_topk(W.astype(np.float64), B, H, 3)
+    index = wolindex.build(W, B, dtype="bfloat16", verbose=False)
+    index.save(tmp_path / "ix")
+    arrays = np.load(tmp_path / "ix" / "layer.W.npy", mmap_mode="r+")
+    arrays[3, 5] = 0x7FC0                          # a bfloat16 NaN
+    arrays.flush()
+    del arrays
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        wolindex.load(tmp_path / "ix", verify=False)

@@ -1,0 +1,86 @@
+"""Class rows in their storage dtype, and the conversions between them (NumPy on the host, CuPy on a GPU).
+
+Rows are stored as float32, float16, or bfloat16. NumPy has no bfloat16: its rows are uint16 arrays of
+bfloat16 bit patterns (the upper half of a float32's bits). Whatever the storage, products are computed in
+float32 from the stored values, which convert to float32 exactly."""
+from __future__ import annotations
+
+import numpy as np
+
+ROW_DTYPES = ("float32", "float16", "bfloat16")
+# NumPy dtype of stored rows -> row dtype
+STORAGE = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16", np.dtype(np.uint16): "bfloat16"}
+
+
+def row_dtype(A) -> str:
+    """The storage dtype name of rows A (float32, float16, or uint16 = bfloat16 bit patterns)."""
+    name = STORAGE.get(np.dtype(A.dtype))
+    if name is None:
+        raise TypeError(f"W: expected rows stored as float32, float16 or bfloat16 (uint16 bits), got {A.dtype}")
+    return name
+
+
+def check_row_dtype(dtype) -> str:
+    if not isinstance(dtype, str) or dtype not in ROW_DTYPES:
+        raise ValueError(f"dtype: expected one of {ROW_DTYPES}, got {dtype!r}")
+    return dtype
+
+
+def rows_to_storage(A, dtype: str, name: str = "W"):
+    """Rows A (float32, or already stored in any row dtype) -> their form in `dtype`: float32, float16, or
+    bfloat16 bit patterns in uint16 (rounded to nearest even). Rows already in `dtype` are returned as they
+    are. Raises ValueError when a value overflows the storage dtype."""
+    check_row_dtype(dtype)
+    stored = row_dtype(A)
+    if stored == dtype:
+        return np.ascontiguousarray(A)
+    if stored != "float32":
+        A = storage_to_float32(np, A, stored)
+    if dtype == "float32":
+        return np.ascontiguousarray(A, np.float32)
+    if dtype == "float16":
+        with np.errstate(over="ignore"):
+            half = np.ascontiguousarray(A.astype(np.float16))
+        if not np.isfinite(half).all():
+            raise ValueError(f"dtype: {name} has values beyond float16's range (max |x| = {np.abs(A).max():.4g}); "
+                             f"use 'bfloat16' or 'float32'")
+        return half
+    bits = float32_to_bfloat16_bits(np, np.ascontiguousarray(A, np.float32))
+    if not finite_values(bits).all():   # rounded up to inf
+        raise ValueError(f"dtype: {name} has values that round beyond bfloat16's range (max |x| = "
+                         f"{np.abs(A).max():.4g}); use 'float32'")
+    return bits
+
+
+def float32_to_bfloat16_bits(xp, A):
+    """Float32 array (finite) -> uint16 bfloat16 bit patterns, rounded to nearest even; works on NumPy and
+    CuPy arrays alike."""
+    bits = A.view(xp.uint32)
+    return ((bits + xp.uint32(0x7FFF) + ((bits >> 16) & xp.uint32(1))) >> 16).astype(xp.uint16)
+
+
+def storage_to_float32(xp, A, dtype: str):
+    """Stored rows -> float32 (exact)."""
+    if dtype == "bfloat16":
+        return (A.astype(xp.uint32) << 16).view(xp.float32)
+    return A.astype(xp.float32)
+
+
+def as_float32_rows(A) -> np.ndarray:
+    """Host rows in any row dtype -> float32 values (A itself when already float32)."""
+    stored = row_dtype(A)
+    return A if stored == "float32" else storage_to_float32(np, A, stored)
+
+
+def finite_values(A) -> np.ndarray:
+    """np.isfinite of the stored values of A (any row dtype)."""
+    if row_dtype(A) == "bfloat16":
+        return A & np.uint16(0x7F80) != np.uint16(0x7F80)   # exponent all ones: inf or NaN
+    return np.isfinite(A)
+
+
+def kernel_rows(A) -> np.ndarray:
+    """Host rows as the Numba kernels read them: float32 as is, bfloat16 as its uint16 bits, float16 as
+    int16 bits (Numba has no float16 on the CPU; the integer type selects the conversion, see
+    engine/cpu.py's `widen`)."""
+    return A.view(np.int16) if A.dtype == np.float16 else A
