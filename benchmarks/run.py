@@ -70,7 +70,7 @@ def run_dataset(cfg: dict, entry: dict, say) -> dict | None:
     rows = []
     for spec in cfg["methods"]:
         name = spec["method"]
-        if name == "exact":
+        if name == "exact" and not spec.get("build"):
             index, build_s = exact, 0.0
         else:
             t0 = time.perf_counter()
@@ -83,7 +83,7 @@ def run_dataset(cfg: dict, entry: dict, say) -> dict | None:
         for settings in tqdm(points, desc=f"{ds.name} {name}", leave=False):
             method_rows.append({"method": name, "label": spec.get("label", name), "build": spec.get("build", {}),
                                 "search": settings,
-                                "build_s": build_s, "index_bytes": index.nbytes(),
+                                "build_s": build_s, "index_bytes": index.nbytes(), "row_dtype": index.layer.row_dtype,
                                 "index_over_W": index.nbytes() / W.nbytes, "build_state": state,
                                 **accuracy(index, H, y, k, exact_labels, settings)})
         modes = [("", None)] + ([("_after_layer", model_layer(W.shape[1]))] if timing.get("after_layer") else [])

@@ -75,7 +75,7 @@ def test_candidate_topk_validates_packed_rows():
 @pytest.mark.parametrize("args,error,match", [
     ((W, B[:40], H, 2), ValueError, r"b: expected shape \(50,\)"),
     ((W, B, np.ascontiguousarray(H[:, :4]), 2), ValueError, "H: expected 8 columns"),
-    ((W.astype(np.float64), B, H, 2), TypeError, "W: expected a float32"),
+    ((W.astype(np.float64), B, H, 2), TypeError, "W: expected rows stored as float32, float16 or bfloat16"),
     ((W, B.astype(np.float16), H, 2), TypeError, "b: expected a float32"),
     ((W, B, H.tolist(), 2), TypeError, "H: expected a float32"),
     ((W[0], B, H, 2), ValueError, "W: expected a 2-D"),
