@@ -7,7 +7,8 @@ import numpy as np
 from ..._numeric import with_one_column
 
 QUERY_BLOCK = 512          # training queries per product while fitting
-SCORE_CELLS = 1 << 22      # at most this many (query, class) scores at once: fewer queries per block at large D
+SCORE_CELLS = 1 << 22      # (query, class) scores held at once: at most this many, or an eighth of W's cells
+W_SHARE = 8
 
 
 def log_scores(outputs, square: bool, epsilon: float, xp=np):
@@ -18,9 +19,12 @@ def log_scores(outputs, square: bool, epsilon: float, xp=np):
     return xp.log(outputs * outputs + max(epsilon, 1e-30))
 
 
-def query_block(n_classes: int) -> int:
-    """Queries per block of log_scores_by_rank: QUERY_BLOCK, fewer when n_classes is large."""
-    return max(1, min(QUERY_BLOCK, SCORE_CELLS // n_classes))
+def query_block(layer) -> int:
+    """Queries per block of log_scores_by_rank: QUERY_BLOCK, fewer when the layer is large. A block's scores
+    hold at most max(SCORE_CELLS, D d / W_SHARE) cells, so each product reading all of W serves at least
+    d / W_SHARE queries (a GEMM, not a pass over W per handful of queries) in memory bounded by W's."""
+    cells = max(SCORE_CELLS, layer.n_classes * layer.dim // W_SHARE)
+    return max(1, min(QUERY_BLOCK, cells // layer.n_classes))
 
 
 def log_scores_by_rank(layer, classes, H, verbose, desc):
@@ -28,7 +32,7 @@ def log_scores_by_rank(layer, classes, H, verbose, desc):
     (D',) in the given (frequency) order; the layer's rows are read where they are, never copied."""
     from tqdm.auto import tqdm
 
-    step = query_block(layer.n_classes)
+    step = query_block(layer)
     for lo in tqdm(range(0, H.shape[0], step), desc=desc, disable=not verbose, unit="block"):
         scores = H[lo:lo + step] @ layer.W.T + layer.b
         yield log_scores(scores[:, layer.rows_of(classes)], layer.square, layer.epsilon)
@@ -51,7 +55,7 @@ def fit_gates(layer, tail, starts, H, target, ridge, verbose):
     xtx = np.zeros((d + 1, d + 1))
     xty = np.zeros((d + 1, starts.size))
     yty = np.zeros(starts.size)
-    step = query_block(layer.n_classes)
+    step = query_block(layer)
     for lo, logits in zip(range(0, H.shape[0], step),
                           log_scores_by_rank(layer, tail, H, verbose, "adaptive: gate targets")):
         X = with_one_column(H[lo:lo + step], dtype=np.float64)
