@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 
 import wolindex
+import wolindex.gpu as wolindex_gpu
+from wolindex.engine import cpu, screen_cpu
 from wolindex.engine.dispatch import candidate_topk, exact_topk, query_products
 from wolindex.engine.buckets import Buckets
 from wolindex.layer import OutputLayer
@@ -75,28 +77,39 @@ def built(request):
                                          **BUILDS[method])
 
 
+def compiled_variants() -> int:
+    return sum(len(f.signatures) for m in (cpu, screen_cpu) for f in vars(m).values() if hasattr(f, "signatures"))
+
+
 def test_half_index_is_exact_over_the_rounded_layer(built, tmp_path):
-    """Rows stored in the dtype (half W's bytes); certified and all-candidate searches equal exact search of
-    the rounded layer; routed searches keep exact scores of what they return; save / load (mmap) keep it all."""
+    """Rows stored in the dtype (about half W's bytes); certified and all-candidate searches equal exact search
+    of the rounded layer; routed searches keep exact scores of what they return; save / load (mmap, and
+    without the layer) keep it all, and the mapped rows run the kernels compiled for the in-memory ones."""
     method, dtype, index = built
     assert index.layer.row_dtype == dtype and index.layer.W.itemsize == 2
-    assert index.stats()["row_dtype"] == dtype
+    stats = index.stats()
+    assert stats["row_dtype"] == dtype and stats["index_bytes_over_W_bytes"] == index.nbytes() / W.nbytes
     logits = H.astype(np.float64) @ rounded(dtype).T.astype(np.float64) + B
-    path = tmp_path / "half.wol"
-    index.save(path)
-    loaded = wolindex.load(path, mmap=True)
+    index.save(tmp_path / "half.wol")
+    loaded = wolindex.load(tmp_path / "half.wol", mmap=True)
     assert loaded.layer.W.dtype == index.layer.W.dtype
+    index.save(tmp_path / "external", with_layer=False)
+    external = wolindex.load(tmp_path / "external", layer=OutputLayer.from_arrays(W, B))
+    assert external.layer.W.dtype == index.layer.W.dtype
     rows = np.arange(H.shape[0])[:, None]
     for settings in SETTINGS[method]:
         s, lab = index.search(H, 10, **settings)
+        variants = compiled_variants()
         if method == "exact" or settings.get("mode") == "certified" or settings.get("n_candidates") == D:
             assert_topk_matches(s, lab, logits, 10)
         else:                                      # routed: exact scores of what it returns, most top-1s found
             np.testing.assert_allclose(s, logits[rows, lab], rtol=1e-5, atol=1e-4)
             assert (lab[:, 0] == logits.argmax(axis=1)).mean() >= 0.5
-        s2, lab2 = loaded.search(H, 10, **settings)
-        np.testing.assert_array_equal(lab2, lab)
-        np.testing.assert_array_equal(s2, s)
+        for other in (loaded, external):
+            s2, lab2 = other.search(H, 10, **settings)
+            np.testing.assert_array_equal(lab2, lab)
+            np.testing.assert_array_equal(s2, s)
+        assert compiled_variants() == variants
     es, el = index.search_exact(H, 10)
     assert_topk_matches(es, el, logits, 10)
 
@@ -109,20 +122,49 @@ def test_half_rows_keep_most_of_the_float32_top_1():
         assert (got == ref).mean() >= 0.9
 
 
-def test_logprobs_and_gpu_dtype_follow_the_stored_rows():
+def test_logprobs_and_gpu_dtype_follow_the_stored_rows(monkeypatch):
     index = wolindex.build(W, B, dtype="bfloat16", verbose=False)
     s, lab, lp = index.search(H, 5, return_logprobs="exact")
     logits = H.astype(np.float64) @ rounded("bfloat16").T.astype(np.float64) + B
     lse = np.log(np.exp(logits - logits.max(axis=1, keepdims=True)).sum(axis=1)) + logits.max(axis=1)
     np.testing.assert_allclose(lp, np.take_along_axis(logits, lab, axis=1) - lse[:, None], atol=1e-4)
+    asked = []
+    monkeypatch.setattr(wolindex_gpu, "to_device", lambda index, device, dtype: asked.append(dtype))
+    index.to("cuda")
+    index.to("cuda", "float32")
+    assert asked == ["bfloat16", "float32"]
+
+
+def test_spherical_layers_rank_the_rounded_rows_by_their_square():
+    sph = wolindex.build(W, B, scoring="spherical", epsilon=1e-3, dtype="float16", verbose=False)
+    s, lab, probs = sph.search(H, 5, return_probs=True)
+    o = H.astype(np.float64) @ rounded("float16").T.astype(np.float64) + B
+    assert_topk_matches(s, lab, o * o, 5, rtol=1e-4)
+    total = (o * o).sum(axis=1) + D * 1e-3
+    np.testing.assert_allclose(probs, (np.take_along_axis(o * o, lab, axis=1) + 1e-3) / total[:, None], rtol=1e-4)
+
+
+@pytest.mark.parametrize("method,build,search", [
+    ("faiss-ivf", {"nlist": 30}, {"n_probe": 30}),
+    ("scann", {"num_leaves": 20}, {"leaves_to_search": 20, "reorder": 200}),
+])
+def test_peers_index_the_rounded_rows(method, build, search, tmp_path):
+    """A peer's own index is built on the rounded rows' values (never their bits), and so is the loaded one's:
+    searching every list / leaf then finds the exact top-1 of the rounded layer."""
+    pytest.importorskip({"faiss-ivf": "faiss", "scann": "scann"}[method])
+    index = wolindex.build(W, B, method=method, dtype="bfloat16", verbose=False, **build)
+    ref = exact_topk(rows_to_storage(W, "bfloat16"), B, H, 1)[1][:, 0]
+    assert (index.search(H, 1, **search)[1][:, 0] == ref).mean() >= 0.95
+    index.save(tmp_path / "peer")
+    assert (wolindex.load(tmp_path / "peer").search(H, 1, **search)[1][:, 0] == ref).mean() >= 0.95
 
 
 def test_layer_conversions():
     layer = OutputLayer.from_arrays(W, B)
     half = layer.stored_as("float16")
     assert half.W.dtype == np.float16 and half.stored_as("float16") is half
-    np.testing.assert_array_equal(half.rounded_to("float16").W, rounded("float16"))
-    assert layer.rounded_to("float32") is layer
+    np.testing.assert_array_equal(half.as_float32().W, rounded("float16"))
+    assert layer.as_float32() is layer and layer.stored_as("float32") is layer
     np.testing.assert_array_equal(kernel_rows(half.W), half.W.view(np.int16))
     np.testing.assert_array_equal(as_float32_rows(half.W), rounded("float16"))
     bf = half.stored_as("bfloat16")     # float16 values, rounded again to bfloat16
@@ -134,6 +176,10 @@ def test_bad_dtypes_and_ranges_are_refused(tmp_path):
         wolindex.build(W, B, dtype="int8", verbose=False)
     with pytest.raises(ValueError, match="dtype: W has values beyond float16's range"):
         wolindex.build(W * 1e5, B, dtype="float16", verbose=False)
+    with pytest.raises(ValueError, match="dtype: W has values that round beyond bfloat16's range"):
+        wolindex.build(np.float32([[3.4e38, 1.0]]), dtype="bfloat16", verbose=False)
+    with pytest.raises(ValueError, match="W: contains NaN or Inf"):
+        rows_to_storage(np.float32([[np.nan, 1.0]]), "bfloat16")
     with pytest.raises(TypeError, match="W: expected rows stored as"):
         exact_topk(W.astype(np.float64), B, H, 3)
     index = wolindex.build(W, B, dtype="bfloat16", verbose=False)

@@ -201,6 +201,7 @@ def test_builds_hold_little_beyond_the_permuted_copy(monkeypatch, method, build)
     monkeypatch.setattr(bounds, "FIT_ROWS", 2000)
     monkeypatch.setattr(bounds, "ASSIGN_ROWS", 2000)
     monkeypatch.setattr(gates, "SCORE_CELLS", 1 << 18)
+    monkeypatch.setattr(gates, "W_SHARE", 1 << 30)
     Wl = random_layer(40000, 64, seed=41)[0]
     Hl = random_queries(2000, 64, seed=42)
     build_peak(method, Wl[:3000], Hl, **build)             # imports and compiled kernels: not the build's memory

@@ -23,9 +23,10 @@ def build(W, b=None, method: str = "exact", *, train=None, labels=None, class_co
     scoring: 'logit' (softmax layers) or 'spherical' (spherical softmax with `epsilon`: classes ranked by
     (w.h + b)^2, and search(..., return_probs=True) available); params: the method's build settings (see
     wolindex.METHODS[method].Build); dtype: how the index stores W's rows, 'float32', 'float16' or
-    'bfloat16' (rounded to nearest even; the method is fitted on the rounded rows, and searches return the
-    exact float32 scores of the rows as stored); device: 'cpu' (an Index) or 'cuda' / 'cuda:N' (the built
-    Index moved to that GPU, its rows in the same dtype: a wolindex.gpu.GpuIndex; see Index.to)."""
+    'bfloat16' (rounded to nearest even; the method is fitted on the rounded rows, and CPU searches return
+    the exact float32 scores of the rows as stored); device: 'cpu' (an Index) or 'cuda' / 'cuda:N' (the
+    built Index moved to that GPU, its rows in the same dtype: a wolindex.gpu.GpuIndex, whose exact GEMM
+    also rounds the queries to that dtype; see Index.to)."""
     if not isinstance(device, str) or not (device in ("cpu", "cuda") or device.startswith("cuda:")):
         raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     if isinstance(W, OutputLayer):
@@ -47,9 +48,9 @@ def build(W, b=None, method: str = "exact", *, train=None, labels=None, class_co
             raise ValueError("labels: given without train hidden states")
         y = as_labels(labels, H.shape[0], layer.n_classes)
     t0 = time.perf_counter()
-    layer = layer.rounded_to(dtype)
-    built = method_cls.build(layer, build_params, H, y, verbose)
     stored = layer.stored_as(dtype)
+    layer = stored.as_float32()              # the values the index scores, in float32: what the builder fits
+    built = method_cls.build(layer, build_params, H, y, verbose)
     if hasattr(built, "storage_order"):
         stored = stored.permuted(built.storage_order(layer))
     if stored is not layer:

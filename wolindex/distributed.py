@@ -42,7 +42,7 @@ from .index import load as load_index
 from .layer import OutputLayer
 from .methods import get_method
 from .methods.adaptive.clusters import frequency_order
-from .rows import as_float32_rows
+from .rows import as_float32_rows, check_row_dtype
 
 FORMAT = "wolindex-sharded"
 FORMAT_VERSION = 1
@@ -286,7 +286,7 @@ def _class_counts(layer: OutputLayer, split: str, train, labels):
 
 
 def _write_shards(folder: Path, layer: OutputLayer, shard_ids: list, counts, split: str, H, verbose: bool,
-                  method: str, settings: dict) -> None:
+                  method: str, dtype: str, settings: dict) -> None:
     """Build each shard's index (wolindex.build on its rows, the whole train H, its class counts), write it,
     its ids and the manifest into the new folder."""
     folder.mkdir()
@@ -295,7 +295,7 @@ def _write_shards(folder: Path, layer: OutputLayer, shard_ids: list, counts, spl
         try:
             index = build_index(layer.W[ids], layer.b[ids], method=method, train=H,
                                 class_counts=None if counts is None else counts[ids], scoring=layer.scoring,
-                                epsilon=layer.epsilon, verbose=verbose, **settings)
+                                epsilon=layer.epsilon, dtype=dtype, verbose=verbose, **settings)
         except (ValueError, TypeError) as err:
             raise type(err)(f"shard {shard} ({ids.size} classes): {err}") from err
         index_file, ids_file = _shard_files(folder, shard)
@@ -358,10 +358,12 @@ class ShardedIndex:
     @classmethod
     def build(cls, W, b=None, *, path, n_shards: int, method: str = "exact", split: str = "contiguous",
               train=None, labels=None, class_counts=None, scoring: str = "logit", epsilon: float = 0.0,
-              verbose: bool = False, max_restarts: int = 3, actor_options: dict | None = None, **settings):
+              dtype: str = "float32", verbose: bool = False, max_restarts: int = 3,
+              actor_options: dict | None = None, **settings):
         """Split the classes of W (D, d), b (D,) into n_shards, build a wolindex index per shard (wolindex.build
         with `method`, its **settings, the whole `train` (N, d) and the shard's rows), write them to the folder
-        `path` (every worker must be able to read it) and serve them: one Ray actor per shard (see load). The
+        `path` (every worker must be able to read it) and serve them: one Ray actor per shard (see load); dtype:
+        how the shards store their rows (see wolindex.build). The
         shards are built one after another in this process, which holds the whole layer.
 
         split: 'contiguous' (shard s holds a contiguous range of ids) or 'method' (classes dealt out by
@@ -374,12 +376,13 @@ class ShardedIndex:
         layer = OutputLayer.from_arrays(W, b, class_counts, scoring, epsilon)
         _check_int("n_shards", n_shards, 1, layer.n_classes)
         get_method(method).Build.from_dict(settings)
+        check_row_dtype(dtype)
         H, counts = _class_counts(layer, split, train, labels)
         target = _check_save_path(path)
         _check_serving(max_restarts, actor_options)
         shard_ids = split_classes(layer.n_classes, n_shards, counts if split == "method" else None)
         _write_folder(target, lambda folder: _write_shards(folder, layer, shard_ids, counts, split, H, verbose,
-                                                           method, settings))
+                                                           method, dtype, settings))
         return cls.load(target, max_restarts=max_restarts, actor_options=actor_options)
 
     @classmethod

@@ -25,10 +25,10 @@ import numpy as np
 from ._version import __version__
 from .arrays import all_blocks, all_finite
 from .layer import OutputLayer, check_scoring
-from .rows import STORAGE, finite_values
+from .rows import ROW_DTYPES, STORAGE, finite_values
 
 FORMAT = "wolindex-index"
-FORMAT_VERSION = 2   # 2: meta.json carries meta_sha256
+FORMAT_VERSION = 3   # 2: meta.json carries meta_sha256; 3: and row_dtype (written only for 16-bit rows, see _meta_of)
 META = "meta.json"
 MAX_META_BYTES = 64 << 20
 _ZIP_SUFFIXES = (".zip", ".wol")
@@ -76,7 +76,9 @@ def meta_checksum(meta: dict) -> str:
 
 
 def _meta_of(fields: dict, entries: dict) -> dict:
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "library_version": __version__, **fields,
+    """meta.json's content; an index of float32 rows is written as version 2, which older readers read too."""
+    version = FORMAT_VERSION if fields.get("row_dtype", "float32") != "float32" else 2
+    meta = {"format": FORMAT, "format_version": version, "library_version": __version__, **fields,
             "arrays": entries}
     return {**meta, "meta_sha256": meta_checksum(meta)}
 
@@ -336,6 +338,8 @@ def _read_meta(store, path: Path, verify: bool) -> dict:
             raise ValueError(f"path: {path}: {name} in {META} must be a positive int, got {meta[name]}")
     if meta.get("layer", "included") not in ("included", "external"):
         raise ValueError(f"path: {path}: layer in {META} must be 'included' or 'external'")
+    if meta.get("row_dtype", "float32") not in ROW_DTYPES:
+        raise ValueError(f"path: {path}: row_dtype in {META} must be one of {ROW_DTYPES}")
     return meta
 
 
@@ -393,9 +397,10 @@ def _layer_of(arrays: dict, meta: dict, path: Path) -> OutputLayer:
     D, d = meta["n_classes"], meta["dim"]
     W, b = arrays.get("layer.W"), arrays.get("layer.b")
     counts = arrays.get("layer.class_counts")
-    if W is None or b is None or W.dtype not in STORAGE or W.shape != (D, d) or b.dtype != np.float32 \
+    rows = meta.get("row_dtype", "float32")
+    if W is None or b is None or STORAGE.get(W.dtype) != rows or W.shape != (D, d) or b.dtype != np.float32 \
             or b.shape != (D,) or (counts is not None and (counts.dtype != np.int64 or counts.shape != (D,))):
-        raise ValueError(f"path: {path}: the layer arrays do not match n_classes={D}, dim={d}")
+        raise ValueError(f"path: {path}: the layer arrays do not match n_classes={D}, dim={d}, row_dtype={rows}")
     if not (all_blocks(W, finite_values) and all_finite(b)):
         raise ValueError(f"path: {path}: the layer's W or b holds NaN or Inf")
     if counts is not None and counts.min() < 0:
@@ -425,6 +430,7 @@ def _external_layer(layer, arrays: dict, meta: dict, path: Path, verify: bool) -
         raise ValueError(f"layer: expected D={meta['n_classes']}, d={meta['dim']}, scoring={meta.get('scoring')!r}, "
                          f"epsilon={meta.get('epsilon')} as in {path}, got D={layer.n_classes}, d={layer.dim}, "
                          f"scoring={layer.scoring!r}, epsilon={layer.epsilon}")
+    layer = layer.stored_as(meta.get("row_dtype", "float32"))
     if verify and layer_fingerprint(layer) != meta.get("layer_sha256"):
         raise ValueError(f"layer: not the layer {path} was built on (SHA-256 of W, b, class_counts differs)")
     order = _row_class(arrays, meta["n_classes"], path)

@@ -176,7 +176,7 @@ class Index:
             "mapped_bytes": self.mapped_nbytes(),
             "resident_bytes": self.nbytes() - self.mapped_nbytes(),
             "method_bytes": self.method.nbytes(),
-            "index_bytes_over_W_bytes": self.nbytes() / self.layer.W.nbytes,
+            "index_bytes_over_W_bytes": self.nbytes() / (4 * self.n_classes * self.dim),   # W in float32
             "build_params": self.build_params.to_dict(),
             "default_search": dict(self.default_search),
             **self.info,
@@ -227,6 +227,7 @@ def save_index(index: Index, path, with_layer: bool = True) -> None:
         "scoring": layer.scoring,
         "epsilon": layer.epsilon,
         "layer": "included" if with_layer else "external",
+        **({} if layer.row_dtype == "float32" else {"row_dtype": layer.row_dtype}),
         **({} if with_layer else {"layer_sha256": fmt.layer_fingerprint(layer)}),
     }
     fmt.write_index(path, arrays, fields)

@@ -8,7 +8,7 @@ import numpy as np
 
 from ._numeric import with_bias_column, with_one_column
 from .arrays import as_float32, to_numpy
-from .rows import as_float32_rows, row_dtype, rows_to_storage, storage_to_float32
+from .rows import as_float32_rows, row_dtype, rows_to_storage
 
 
 @dataclass(frozen=True)
@@ -111,12 +111,12 @@ class OutputLayer:
         return OutputLayer(rows_to_storage(self.W, dtype), self.b, self.class_counts, self.scoring, self.epsilon,
                            self.row_class)
 
-    def rounded_to(self, dtype: str) -> "OutputLayer":
-        """This layer with float32 rows holding the values W takes in `dtype` (what builders fit on)."""
-        if dtype == "float32" and self.row_dtype == "float32":
+    def as_float32(self) -> "OutputLayer":
+        """This layer with W's stored values as float32 rows (itself when so stored): what builders fit on."""
+        if self.row_dtype == "float32":
             return self
-        return OutputLayer(storage_to_float32(np, self.stored_as(dtype).W, dtype), self.b, self.class_counts,
-                           self.scoring, self.epsilon, self.row_class)
+        return OutputLayer(as_float32_rows(self.W), self.b, self.class_counts, self.scoring, self.epsilon,
+                           self.row_class)
 
     @property
     def square(self) -> bool:

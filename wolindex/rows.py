@@ -2,7 +2,8 @@
 
 Rows are stored as float32, float16, or bfloat16. NumPy has no bfloat16: its rows are uint16 arrays of
 bfloat16 bit patterns (the upper half of a float32's bits). Whatever the storage, products are computed in
-float32 from the stored values, which convert to float32 exactly."""
+float32 from the stored values, which convert to float32 exactly. Host conversions of whole layers work a
+block of rows at a time into the output, so their temporaries stay small beside W."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,6 +11,7 @@ import numpy as np
 ROW_DTYPES = ("float32", "float16", "bfloat16")
 # NumPy dtype of stored rows -> row dtype
 STORAGE = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16", np.dtype(np.uint16): "bfloat16"}
+BLOCK_CELLS = 1 << 20     # values converted at a time
 
 
 def row_dtype(A) -> str:
@@ -26,30 +28,49 @@ def check_row_dtype(dtype) -> str:
     return dtype
 
 
+def _row_steps(A: np.ndarray):
+    """Slices of about BLOCK_CELLS values of A, whole rows each."""
+    rows = max(1, BLOCK_CELLS // max(1, A.size // len(A))) if len(A) else 1
+    return [slice(lo, lo + rows) for lo in range(0, len(A), rows)]
+
+
+def _blocks(A: np.ndarray, dtype, convert) -> np.ndarray:
+    """convert(A[rows]) for blocks of rows of A, written into one new C-contiguous array of `dtype`."""
+    out = np.empty(A.shape, dtype)
+    for rows in _row_steps(A):
+        out[rows] = convert(A[rows])
+    return out
+
+
+def _all_finite(A) -> bool:
+    return all(finite_values(A[rows]).all() for rows in _row_steps(A))
+
+
 def rows_to_storage(A, dtype: str, name: str = "W"):
-    """Rows A (float32, or already stored in any row dtype) -> their form in `dtype`: float32, float16, or
-    bfloat16 bit patterns in uint16 (rounded to nearest even). Rows already in `dtype` are returned as they
-    are. Raises ValueError when a value overflows the storage dtype."""
+    """Host rows A (float32, or already stored in any row dtype; finite) -> their form in `dtype`: float32,
+    float16, or bfloat16 bit patterns in uint16 (rounded to nearest even). Rows already in `dtype` are
+    returned as they are (C-contiguous). Raises ValueError when a value is not finite or overflows `dtype`."""
     check_row_dtype(dtype)
     stored = row_dtype(A)
     if stored == dtype:
         return np.ascontiguousarray(A)
+    if not _all_finite(A):
+        raise ValueError(f"{name}: contains NaN or Inf")
     if stored != "float32":
-        A = storage_to_float32(np, A, stored)
+        A = as_float32_rows(A)
     if dtype == "float32":
         return np.ascontiguousarray(A, np.float32)
     if dtype == "float16":
         with np.errstate(over="ignore"):
-            half = np.ascontiguousarray(A.astype(np.float16))
-        if not np.isfinite(half).all():
-            raise ValueError(f"dtype: {name} has values beyond float16's range (max |x| = {np.abs(A).max():.4g}); "
-                             f"use 'bfloat16' or 'float32'")
-        return half
-    bits = float32_to_bfloat16_bits(np, np.ascontiguousarray(A, np.float32))
-    if not finite_values(bits).all():   # rounded up to inf
-        raise ValueError(f"dtype: {name} has values that round beyond bfloat16's range (max |x| = "
-                         f"{np.abs(A).max():.4g}); use 'float32'")
-    return bits
+            out = _blocks(A, np.float16, lambda part: part.astype(np.float16))
+        what = "beyond float16's range"
+    else:
+        out = _blocks(A, np.uint16, lambda part: float32_to_bfloat16_bits(np, np.ascontiguousarray(part)))
+        what = "that round beyond bfloat16's range"
+    if not _all_finite(out):
+        raise ValueError(f"dtype: {name} has values {what} (max |x| = {np.abs(A).max():.4g}); use "
+                         f"{'bfloat16' if dtype == 'float16' else 'float32'}")
+    return out
 
 
 def float32_to_bfloat16_bits(xp, A):
@@ -69,7 +90,9 @@ def storage_to_float32(xp, A, dtype: str):
 def as_float32_rows(A) -> np.ndarray:
     """Host rows in any row dtype -> float32 values (A itself when already float32)."""
     stored = row_dtype(A)
-    return A if stored == "float32" else storage_to_float32(np, A, stored)
+    if stored == "float32":
+        return A
+    return _blocks(A, np.float32, lambda part: storage_to_float32(np, part, stored))
 
 
 def finite_values(A) -> np.ndarray:

@@ -21,8 +21,28 @@ FAST = {"reassoc", "contract", "nsz"}
 
 @intrinsic
 def _float16_bits_to_float32(typingctx, bits):
+    """Exact float16 -> float32 in integer operations and selects (vectorised on any x86-64, no F16C needed):
+    normal values rebias the exponent, subnormal ones are normalised by their leading zeros, inf and NaN keep
+    an all-ones exponent, the sign is carried over."""
     def codegen(context, builder, signature, args):
-        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+        i32 = ir.IntType(32)
+
+        def const(v):
+            return ir.Constant(i32, v)
+
+        h = builder.zext(args[0], i32)
+        sign = builder.shl(builder.and_(h, const(0x8000)), const(16))
+        em = builder.and_(h, const(0x7FFF))
+        shifted = builder.shl(em, const(13))
+        normal = builder.add(shifted, const(112 << 23))                  # exponent bias 15 -> 127
+        special = builder.or_(shifted, const(0x7F800000))               # inf, NaN
+        top = builder.sub(const(31), builder.ctlz(em, ir.Constant(ir.IntType(1), 0)))   # subnormal: m 2^-24
+        subnormal = builder.or_(builder.shl(builder.add(top, const(103)), const(23)),
+                                builder.and_(builder.shl(em, builder.sub(const(23), top)), const(0x7FFFFF)))
+        value = builder.select(builder.icmp_unsigned(">=", em, const(0x0400)), normal, subnormal)
+        value = builder.select(builder.icmp_unsigned("==", em, const(0)), const(0), value)
+        value = builder.select(builder.icmp_unsigned(">=", em, const(0x7C00)), special, value)
+        return builder.bitcast(builder.or_(value, sign), ir.FloatType())
 
     return types.float32(types.int16), codegen
 
@@ -336,8 +356,8 @@ def _products_block(V, c, H, q0, q1, r0, r1, out):
 
 @njit(parallel=True, fastmath=FAST, cache=True)
 def products_kernel(V, c, H, query_step, row_step, out):
-    """out (N, R) = H (N, d) @ V (R, d).T + c (R,), float32 or float64 (one dtype for all), in work items of
-    query_step queries x row_step rows scored in parallel."""
+    """out (N, R) = H (N, d) @ V (R, d).T + c (R,), float32 or float64 (one dtype for all; V may be 16-bit
+    rows, see widen, with float32 H and c), in work items of query_step queries x row_step rows in parallel."""
     n_q = (H.shape[0] + query_step - 1) // query_step
     n_r = (V.shape[0] + row_step - 1) // row_step
     for item in prange(n_q * n_r):

@@ -77,9 +77,9 @@ def readonly(a: np.ndarray) -> np.ndarray:
     return view
 
 
-def _row_block(dim: int) -> int:
-    """Rows per cache block: about 128 KiB of float32 rows."""
-    return max(8, (128 * 1024) // (4 * dim))
+def _row_block(W: np.ndarray) -> int:
+    """Rows of W per cache block: about 128 KiB of them."""
+    return max(8, (128 * 1024) // (W.itemsize * W.shape[1]))
 
 
 def check_rows(W: np.ndarray, b: np.ndarray, H: np.ndarray, k) -> None:
@@ -88,7 +88,7 @@ def check_rows(W: np.ndarray, b: np.ndarray, H: np.ndarray, k) -> None:
     if isinstance(W, np.ndarray):
         row_dtype(W)
     for name, a, ndim in (("W", W, 2), ("b", b, 1), ("H", H, 2)):
-        if not isinstance(a, np.ndarray) or (a.dtype != np.float32 and a is not W):
+        if not isinstance(a, np.ndarray) or (a.dtype != np.float32 and name != "W"):
             raise TypeError(f"{name}: expected a float32 NumPy array, got {getattr(a, 'dtype', type(a).__name__)}")
         if a.ndim != ndim:
             raise ValueError(f"{name}: expected a {ndim}-D array, got shape {a.shape}")
@@ -124,12 +124,12 @@ def exact_topk(W: np.ndarray, b: np.ndarray, H: np.ndarray, k: int, engine: str 
     W, b, H, labels = readonly(kernel_rows(W)), readonly(b), readonly(H), readonly(labels)
     k = int(k)
     if N * W.shape[0] * W.shape[1] <= SERIAL_MAX_WORK:
-        cpu.exact_topk_serial_kernel(W, b, H, k, labels, _row_block(W.shape[1]), square, out_s, out_l)
+        cpu.exact_topk_serial_kernel(W, b, H, k, labels, _row_block(W), square, out_s, out_l)
         return out_s, out_l
     n_chunks = max(1, min(4 * _num_threads(), W.shape[0] // 64))
     for q0 in range(0, N, QUERY_BLOCK):
         q1 = min(N, q0 + QUERY_BLOCK)
-        _launch(cpu.exact_topk_kernel, W, b, H[q0:q1], k, labels, n_chunks, _row_block(W.shape[1]), square,
+        _launch(cpu.exact_topk_kernel, W, b, H[q0:q1], k, labels, n_chunks, _row_block(W), square,
                 out_s[q0:q1], out_l[q0:q1])
     return out_s, out_l
 
@@ -142,7 +142,8 @@ def query_products(H: np.ndarray, V: np.ndarray, c: np.ndarray | None = None) ->
     dtype = H.dtype
     rows_ok = V.dtype == dtype or (dtype == np.float32 and V.dtype in STORAGE)
     if dtype not in (np.float32, np.float64) or not rows_ok or (c is not None and c.dtype != dtype):
-        raise TypeError(f"H, V, c: expected one dtype, float32 or float64, got {H.dtype}, {V.dtype}, "
+        raise TypeError(f"H, V, c: expected one dtype, float32 or float64 (V float32, float16 or bfloat16 bits with "
+                        f"float32 H), got {H.dtype}, {V.dtype}, "
                         f"{None if c is None else c.dtype}")
     if H.ndim != 2 or V.ndim != 2 or H.shape[1] != V.shape[1]:
         raise ValueError(f"H, V: expected (N, d) and (R, d), got {H.shape} and {V.shape}")
@@ -158,7 +159,7 @@ def query_products(H: np.ndarray, V: np.ndarray, c: np.ndarray | None = None) ->
     if H.shape[0] * V.shape[0] * V.shape[1] <= SERIAL_MAX_WORK:
         cpu.products_serial_kernel(V, c, H, out)
     else:
-        rows = max(2, min(V.shape[0], _row_block(V.shape[1])))
+        rows = max(2, min(V.shape[0], _row_block(V)))
         _launch(cpu.products_kernel, V, c, H, PRODUCT_QUERIES, rows + rows % 2, out)
     return out
 
@@ -207,7 +208,7 @@ def _fused(W, b, row_of, n_classes, H, k, buckets, probes, square):
         q1 = min(N, q0 + QUERY_BLOCK)
         args = (W, b, row_of, H[q0:q1], probes[q0:q1], indptr, indices, k, ws.stamps,
                 ws.cand_rows, ws.cand_labels, ws.take_stamps(q1 - q0))
-        outs = (_row_block(W.shape[1]), square, out_s[q0:q1], out_l[q0:q1], n_scored[q0:q1])
+        outs = (_row_block(W), square, out_s[q0:q1], out_l[q0:q1], n_scored[q0:q1])
         if N < threads:
             _launch(cpu.split_candidates_kernel, *args, threads, *outs)
         else:
@@ -253,7 +254,7 @@ def _grouped(W, b, row_of, H, k, buckets, probes, square):
         with numba.parallel_chunksize(1):
             _launch(cpu.grouped_candidates_kernel, W, b, row_of, H[q0:q1], readonly(buckets.indptr),
                     readonly(buckets.indices), *items,
-                    k, _row_block(W.shape[1]), square, out_s[q0:q1], out_l[q0:q1])
+                    k, _row_block(W), square, out_s[q0:q1], out_l[q0:q1])
     n_scored = np.where(probes >= 0, sizes[np.maximum(probes, 0)], 0).sum(axis=1)
     return out_s, out_l, n_scored
 

@@ -264,7 +264,7 @@ def in_steps(H: np.ndarray, k: int, n_cand: int, search):
 
 def screen_topk(W, b, H, k: int, codes: ScreenCodes, n_cand: int, engine: str = "numba"):
     """Exact rescoring of the screen's n_cand candidates -> scores (N, k) f32, labels (N, k) i64, n_scored (N,).
-    W (D, d) f32, b (D,) f32: row c is class c, the classes of `codes`."""
+    W (D, d) rows of a row dtype (wolindex.rows), b (D,) f32: row c is class c, the classes of `codes`."""
     check_engine(engine)
     if W.shape[0] != codes.n_classes:
         raise ValueError(f"W: expected {codes.n_classes} rows to match the codes, got {W.shape[0]}")
@@ -283,7 +283,7 @@ def _screen_rescore(W, b, H, k, codes, n_cand):
     out_s, out_l, n_scored = np.empty((N, k), np.float32), np.empty((N, k), np.int64), np.empty(N, np.int64)
     _launch(_kernels().screen_rescore_kernel, readonly(codes.blocks), codes.scan_corr, codes.scan_scale,
             codes.scan_bias, quads, qscale, qconst, codes.n_classes, n_cand, n_ranges, run, readonly(kernel_rows(W)),
-            readonly(b), readonly(H), int(k), _row_block(W.shape[1]), out_s, out_l, n_scored)
+            readonly(b), readonly(H), int(k), _row_block(W), out_s, out_l, n_scored)
     return out_s, out_l, n_scored
 
 
@@ -459,7 +459,7 @@ def _screened_step(W, b, H, k, codes, probes, n_cand, engine, class_row):
             codes.slot_corr, codes.slot_scale, codes.slot_shift, quads, qscale, qconst, readonly(probes), n_cand,
             n_parts, readonly(kernel_rows(W)), readonly(b),
             readonly(np.zeros(0, np.int32) if class_row is None else class_row), readonly(H), int(k),
-            _row_block(W.shape[1]), out_s, out_l, n_scored)
+            _row_block(W), out_s, out_l, n_scored)
     return out_s, out_l, n_scored
 
 

@@ -146,10 +146,11 @@ def screen_rescore_kernel(blocks, corr, scale, shift, quads, qscale, qconst, n_c
                           H, k, row_block, out_s, out_l, n_scored):
     """screen_kernel's n_cand candidates of each query, rescored exactly: the top-k of H @ W.T + b among them.
 
-    W (D, d) f32 and b (D,) f32 (row c is class c), H (N, d) f32 the queries coded in quads / qscale / qconst
-    -> out_s (N, k) f32 exact scores, out_l (N, k) int64 (-1 padding), best first, and n_scored (N,) int64,
-    the classes rescored. The exact scores are cpu._score_block's, as in every exact search (its fastmath
-    stays in its own function: the scan's float32 arithmetic is the NumPy reference's)."""
+    W (D, d) rows (float32, or 16-bit bits: cpu.widen) and b (D,) f32 (row c is class c), H (N, d) f32 the
+    queries coded in quads / qscale / qconst -> out_s (N, k) f32 exact scores, out_l (N, k) int64 (-1
+    padding), best first, and n_scored (N,) int64, the classes rescored. The exact scores are
+    cpu._score_block's, as in every exact search (its fastmath stays in its own function: the scan's float32
+    arithmetic is the NumPy reference's)."""
     N = quads.shape[0]
     bs = np.empty((n_ranges, N, 2 * n_cand + 1), np.float32)
     bl = np.empty((n_ranges, N, 2 * n_cand + 1), np.int64)

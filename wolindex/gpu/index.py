@@ -7,6 +7,7 @@ import numpy as np
 
 from ..arrays import FLOAT_DTYPES, as_queries, check_k
 from ..methods import METHODS
+from ..rows import check_row_dtype
 from . import kernels
 from .ops import DeviceOps
 
@@ -25,8 +26,7 @@ class GpuIndex:
     scores stay float32; exact search's GEMM runs in the storage dtype with float32 accumulation)."""
 
     def __init__(self, index, runtime, dtype: str = "float32"):
-        if dtype not in kernels.ROW_TYPES:
-            raise ValueError(f"dtype: expected one of {sorted(kernels.ROW_TYPES)}, got {dtype!r}")
+        check_row_dtype(dtype)
         if not searches_on_gpu(type(index.method)):
             raise ValueError(f"device: method {index.method_name!r} searches on the CPU only; these search on the "
                              f"GPU: {sorted(name for name, cls in METHODS.items() if searches_on_gpu(cls))}")

@@ -23,6 +23,7 @@ import numpy as np
 from .._numeric import inverse_transpose, transform_columns, whitening, with_bias_column, with_one_column
 from ..engine import rescore_topk
 from ..params import BuildParams, SearchParams, check_int
+from ..rows import as_float32_rows
 from .base import Method, check_array, check_state_int
 from .registry import register
 
@@ -170,7 +171,7 @@ class PeerMethod(Method):
     @staticmethod
     def indexed_rows(layer, width: int, T: np.ndarray | None) -> np.ndarray:
         """[W, b] (D, width) float32 zero-padded, times the row transform T (d + 1, d + 1) when given."""
-        X = with_bias_column(layer.W, layer.b, width)
+        X = with_bias_column(as_float32_rows(layer.W), layer.b, width)
         return X if T is None else transform_columns(X, T)
 
     def _width(self, layer) -> int:

@@ -7,8 +7,8 @@ import numpy as np
 from ..._numeric import with_one_column
 
 QUERY_BLOCK = 512          # training queries per product while fitting
-SCORE_CELLS = 1 << 22      # (query, class) scores held at once: at most this many, or an eighth of W's cells
-W_SHARE = 8
+SCORE_CELLS = 1 << 22      # (query, class) scores held at once: up to this many, or up to D d / W_SHARE
+W_SHARE = 8                # when that is more (each product over W then serves >= d / W_SHARE queries)
 
 
 def log_scores(outputs, square: bool, epsilon: float, xp=np):
@@ -21,14 +21,15 @@ def log_scores(outputs, square: bool, epsilon: float, xp=np):
 
 def query_block(layer) -> int:
     """Queries per block of log_scores_by_rank: QUERY_BLOCK, fewer when the layer is large. A block's scores
-    hold at most max(SCORE_CELLS, D d / W_SHARE) cells, so each product reading all of W serves at least
-    d / W_SHARE queries (a GEMM, not a pass over W per handful of queries) in memory bounded by W's."""
+    hold at most max(SCORE_CELLS, D d / W_SHARE) cells, so each product reading all of W serves
+    min(QUERY_BLOCK, d / W_SHARE) queries or more (a GEMM, not a pass over W per handful of queries), in
+    memory bounded by W's."""
     cells = max(SCORE_CELLS, layer.n_classes * layer.dim // W_SHARE)
     return max(1, min(QUERY_BLOCK, cells // layer.n_classes))
 
 
 def log_scores_by_rank(layer, classes, H, verbose, desc):
-    """Yield (n, D') float32 log-scores of H's blocks (query_block(D) queries each) against the classes
+    """Yield (n, D') float32 log-scores of H's blocks (query_block(layer) queries each) against the classes
     (D',) in the given (frequency) order; the layer's rows are read where they are, never copied."""
     from tqdm.auto import tqdm
 
