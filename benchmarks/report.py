@@ -35,7 +35,8 @@ SUMMARY_P1 = (0.9, 0.95, 0.99)
 SUMMARY_RECALL_GAP = 0.005
 # the sweeps of benchmarks/run.py shown in full in BENCHMARKS.md, by block name (= config-dataset)
 RUN_BLOCKS = ("full-debian-lm-100k", "adaptive-debian-lm-100k", "lss-debian-lm-100k", "ds-debian-lm-100k",
-              "ds-more-debian-lm-100k", "full-debian-cbow", "screen-debian-lm-100k", "screen-ds-debian-lm-100k")
+              "ds-more-debian-lm-100k", "full-debian-cbow", "screen-debian-lm-100k", "screen-ds-debian-lm-100k",
+              "half-debian-lm-100k")
 
 
 def summary_key(row: dict) -> str:
