@@ -137,8 +137,8 @@ class AdaptiveSoftmax(BucketMethod):
         else:
             sample = train[np.random.default_rng(params.seed).permutation(train.shape[0])[:params.cost_queries]]
             cutoffs, _ = choose_cutoffs(
-                (block.T for block in log_scores_by_rank(layer, order, sample, verbose, "adaptive: cutoffs")), D,
-                params.cost_k)
+                (np.ascontiguousarray(block.T) for block in log_scores_by_rank(layer, order, sample, verbose,
+                                                                                "adaptive: cutoffs")), D, params.cost_k)
             source_cut = "expected cost"
         head = int(cutoffs[0])
         starts = cutoffs - head
