@@ -45,6 +45,27 @@ def test_kernels_read_every_finite_pattern_exactly(dtype):
     np.testing.assert_array_equal(got, values[finite])       # (-0.0 comes back +0.0: a sum starting at 0)
 
 
+@pytest.mark.parametrize("f16c", [True, False])
+def test_both_float16_conversions_read_every_finite_pattern_exactly(monkeypatch, f16c):
+    """The F16C instruction and the integer fallback (CPUs without F16C) give NumPy's float32 value."""
+    from numba import njit
+
+    monkeypatch.setattr(cpu, "HALF_BY_F16C", f16c)
+
+    @njit
+    def convert(bits, out):
+        for i in range(bits.shape[0]):
+            out[i] = cpu.widen(bits[i])
+
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    values = bits.view(np.float16).astype(np.float32)
+    out = np.empty(bits.size, np.float32)
+    convert(bits.view(np.int16), out)
+    finite = np.isfinite(values)
+    np.testing.assert_array_equal(out.view(np.uint32)[finite], values.view(np.uint32)[finite])
+    assert np.isnan(out[np.isnan(values)]).all() and (out[np.isinf(values)] == values[np.isinf(values)]).all()
+
+
 @pytest.mark.parametrize("dtype", HALF)
 def test_exact_kernel_scores_the_stored_rows(dtype):
     logits = H.astype(np.float64) @ rounded(dtype).T.astype(np.float64) + B

@@ -19,12 +19,24 @@ from .heap import clear, offer, offer_unique, write_sorted
 FAST = {"reassoc", "contract", "nsz"}
 
 
+HALF_BY_F16C = None   # float16 -> float32 by the F16C instruction (None: when the target CPU has it)
+
+
+def _f16c(context) -> bool:
+    if HALF_BY_F16C is not None:
+        return HALF_BY_F16C
+    return "+f16c" in getattr(context.codegen(), "_tm_features", "")
+
+
 @intrinsic
 def _float16_bits_to_float32(typingctx, bits):
-    """Exact float16 -> float32 in integer operations and selects (vectorised on any x86-64, no F16C needed):
+    """Exact float16 -> float32: LLVM's fpext (vcvtph2ps) where the target CPU has F16C, else integer
+    operations and selects (without F16C, fpext would call a runtime function Numba's JIT may not provide):
     normal values rebias the exponent, subnormal ones are normalised by their leading zeros, inf and NaN keep
     an all-ones exponent, the sign is carried over."""
     def codegen(context, builder, signature, args):
+        if _f16c(context):
+            return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
         i32 = ir.IntType(32)
 
         def const(v):
