@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from .arrays import all_blocks, row_blocks
+
 ROW_DTYPES = ("float32", "float16", "bfloat16")
 # NumPy dtype of stored rows -> row dtype
 STORAGE = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16", np.dtype(np.uint16): "bfloat16"}
-BLOCK_CELLS = 1 << 20     # values converted at a time
+BLOCK_BYTES = 1 << 22     # bytes of rows converted or checked at a time
 
 
 def row_dtype(A) -> str:
@@ -28,22 +30,12 @@ def check_row_dtype(dtype) -> str:
     return dtype
 
 
-def _row_steps(A: np.ndarray):
-    """Slices of about BLOCK_CELLS values of A, whole rows each."""
-    rows = max(1, BLOCK_CELLS // max(1, A.size // len(A))) if len(A) else 1
-    return [slice(lo, lo + rows) for lo in range(0, len(A), rows)]
-
-
 def _blocks(A: np.ndarray, dtype, convert) -> np.ndarray:
-    """convert(A[rows]) for blocks of rows of A, written into one new C-contiguous array of `dtype`."""
+    """convert(part) for A's parts in arrays.row_blocks, written into one new C-contiguous array of `dtype`."""
     out = np.empty(A.shape, dtype)
-    for rows in _row_steps(A):
-        out[rows] = convert(A[rows])
+    for lo, part in row_blocks(A, BLOCK_BYTES):
+        out[lo:lo + len(part)] = convert(part)
     return out
-
-
-def _all_finite(A) -> bool:
-    return all(finite_values(A[rows]).all() for rows in _row_steps(A))
 
 
 def rows_to_storage(A, dtype: str, name: str = "W"):
@@ -54,7 +46,7 @@ def rows_to_storage(A, dtype: str, name: str = "W"):
     stored = row_dtype(A)
     if stored == dtype:
         return np.ascontiguousarray(A)
-    if not _all_finite(A):
+    if not all_blocks(A, finite_values, BLOCK_BYTES):
         raise ValueError(f"{name}: contains NaN or Inf")
     if stored != "float32":
         A = as_float32_rows(A)
@@ -67,7 +59,7 @@ def rows_to_storage(A, dtype: str, name: str = "W"):
     else:
         out = _blocks(A, np.uint16, lambda part: float32_to_bfloat16_bits(np, np.ascontiguousarray(part)))
         what = "that round beyond bfloat16's range"
-    if not _all_finite(out):
+    if not all_blocks(out, finite_values, BLOCK_BYTES):
         raise ValueError(f"dtype: {name} has values {what} (max |x| = {np.abs(A).max():.4g}); use "
                          f"{'bfloat16' if dtype == 'float16' else 'float32'}")
     return out

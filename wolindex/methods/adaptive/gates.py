@@ -36,8 +36,9 @@ def log_scores_by_rank(layer, classes, H, verbose, desc):
 
     rows = layer.rows_of(classes)
     bias = layer.b[rows][:, None]
-    for lo in tqdm(range(0, H.shape[0], query_block(layer)), desc=desc, disable=not verbose, unit="block"):
-        scores = (layer.W @ H[lo:lo + query_block(layer)].T)[rows]
+    step = query_block(layer)
+    for lo in tqdm(range(0, H.shape[0], step), desc=desc, disable=not verbose, unit="block"):
+        scores = (layer.W @ H[lo:lo + step].T)[rows]
         scores += bias
         yield log_scores(scores, layer.square, layer.epsilon)
 
