@@ -16,7 +16,8 @@ ASSIGN_ROWS = 1 << 16      # rows assigned to their nearest centre at a time
 
 def bounding_blocks(cluster_rows: list[np.ndarray], W: np.ndarray, block: int, seed: int):
     """Split each tail cluster's classes (arrays of class ids) into blocks of about `block` rows by k-means
-    (fitted on a seeded sample of a large cluster's rows, then every row assigned to its nearest centre a
+    (fitted on a seeded sample of a large cluster's rows from seeded random centres: k-means++ seeding costs
+    several times the whole fit at thousands of centres; then every row assigned to its nearest centre a
     block of rows at a time, so no copy of a cluster's rows is made). Returns the blocks (list of class-id
     arrays, each cluster's blocks consecutive) and cluster_ptr (J + 1,) int64: cluster j owns blocks
     cluster_ptr[j]:cluster_ptr[j + 1]."""
@@ -31,7 +32,7 @@ def bounding_blocks(cluster_rows: list[np.ndarray], W: np.ndarray, block: int, s
         else:
             fit_rows = max(FIT_ROWS, 8 * n_blocks)
             sample = rows if rows.size <= fit_rows else np.sort(rng.choice(rows, fit_rows, replace=False))
-            km = KMeans(n_blocks, n_init=1, max_iter=20, random_state=seed).fit(W[sample])
+            km = KMeans(n_blocks, init="random", n_init=1, max_iter=20, random_state=seed).fit(W[sample])
             assign = np.concatenate([km.predict(W[rows[lo:lo + ASSIGN_ROWS]])
                                      for lo in range(0, rows.size, ASSIGN_ROWS)])
             grouped = rows[np.argsort(assign, kind="stable")]
