@@ -5,6 +5,7 @@ import pytest
 
 import wolindex
 import wolindex.gpu as wolindex_gpu
+from wolindex import rows
 from wolindex.engine import cpu, screen_cpu
 from wolindex.engine.dispatch import candidate_topk, exact_topk, query_products
 from wolindex.engine.buckets import Buckets
@@ -180,8 +181,15 @@ def test_peers_index_the_rounded_rows(method, build, search, tmp_path):
     assert (wolindex.load(tmp_path / "peer").search(H, 1, **search)[1][:, 0] == ref).mean() >= 0.95
 
 
-def test_layer_conversions():
+def test_layer_conversions(monkeypatch):
     layer = OutputLayer.from_arrays(W, B)
+    monkeypatch.setattr(rows, "BLOCK_BYTES", 3 * W.shape[1] * 4)   # blocks of 3 rows: several, one short
+    order = np.random.default_rng(1).permutation(D)
+    for dtype in ("float16", "bfloat16"):
+        permuted = layer.stored_as(dtype).as_float32().permuted(order, dtype)   # as build stores a 16-bit index
+        np.testing.assert_array_equal(permuted.W, layer.stored_as(dtype).W[order])
+        np.testing.assert_array_equal(permuted.b, B[order])
+        np.testing.assert_array_equal(permuted.row_class, order)
     half = layer.stored_as("float16")
     assert half.W.dtype == np.float16 and half.stored_as("float16") is half
     np.testing.assert_array_equal(half.as_float32().W, rounded("float16"))

@@ -48,14 +48,17 @@ def build(W, b=None, method: str = "exact", *, train=None, labels=None, class_co
             raise ValueError("labels: given without train hidden states")
         y = as_labels(labels, H.shape[0], layer.n_classes)
     t0 = time.perf_counter()
-    stored = layer.stored_as(dtype)
-    layer = stored.as_float32()              # the values the index scores, in float32: what the builder fits
-    built = method_cls.build(layer, build_params, H, y, verbose)
+    # The builder fits the values the index will score, as float32 rows; a 16-bit copy is made only after
+    # the build (from those rows, which round to themselves), so a build holds one rounded copy at a time.
+    fitted = layer.stored_as(dtype).as_float32()
+    built = method_cls.build(fitted, build_params, H, y, verbose)
     if hasattr(built, "storage_order"):
-        stored = stored.permuted(built.storage_order(layer))
-    if stored is not layer:
-        built = method_cls.restore(stored, built.arrays, built.state)
-    layer = stored
+        layer = fitted.permuted(built.storage_order(fitted), dtype)
+    else:
+        layer = fitted.stored_as(dtype)
+    if layer is not fitted:
+        built = method_cls.restore(layer, built.arrays, built.state)
+    del fitted
     info = {
         "build_seconds": time.perf_counter() - t0,
         "built_with": f"wolindex {__version__}",

@@ -8,7 +8,7 @@ import numpy as np
 
 from ._numeric import with_bias_column, with_one_column
 from .arrays import as_float32, to_numpy
-from .rows import as_float32_rows, row_dtype, rows_to_storage
+from .rows import as_float32_rows, gathered_storage, row_dtype, rows_to_storage
 
 
 @dataclass(frozen=True)
@@ -84,10 +84,14 @@ class OutputLayer:
         """(D,) float32: b in class order (a copy when rows are permuted)."""
         return self.b if self.class_row is None else self.b[self.class_row]
 
-    def permuted(self, order: np.ndarray) -> "OutputLayer":
+    def permuted(self, order: np.ndarray, dtype: str | None = None) -> "OutputLayer":
         """This layer with its rows stored in `order`: (D,) permutation of the current rows, row r of the
-        result being row order[r] of this one (W and b copied once)."""
-        W = np.ascontiguousarray(self.W[order])
+        result being row order[r] of this one (W and b copied once). dtype: the copy's row dtype (rounded to
+        nearest even, a block of rows at a time); this layer's by default."""
+        if dtype is None or dtype == self.row_dtype:
+            W = np.ascontiguousarray(self.W[order])
+        else:
+            W = gathered_storage(self.W, order, dtype)
         row_class = order.astype(np.int32) if self.row_class is None else self.row_class[order]
         return OutputLayer(W, self.b[order], self.class_counts, self.scoring, self.epsilon, row_class)
 

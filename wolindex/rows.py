@@ -13,6 +13,7 @@ from .arrays import all_blocks, row_blocks
 ROW_DTYPES = ("float32", "float16", "bfloat16")
 # NumPy dtype of stored rows -> row dtype
 STORAGE = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16", np.dtype(np.uint16): "bfloat16"}
+STORED_AS = {name: storage for storage, name in STORAGE.items()}    # row dtype -> NumPy dtype of its rows
 BLOCK_BYTES = 1 << 22     # bytes of rows converted or checked at a time
 
 
@@ -62,6 +63,16 @@ def rows_to_storage(A, dtype: str, name: str = "W"):
     if not all_blocks(out, finite_values, BLOCK_BYTES):
         raise ValueError(f"dtype: {name} has values {what} (max |x| = {np.abs(A).max():.4g}); use "
                          f"{'bfloat16' if dtype == 'float16' else 'float32'}")
+    return out
+
+
+def gathered_storage(A: np.ndarray, order: np.ndarray, dtype: str) -> np.ndarray:
+    """rows_to_storage(A[order], dtype), gathered and converted a block of rows at a time (no float32 copy of
+    the gathered rows is made). order: (n,) row indices of host rows A (D, d)."""
+    out = np.empty((len(order), A.shape[1]), STORED_AS[check_row_dtype(dtype)])
+    step = max(1, BLOCK_BYTES // max(1, A.itemsize * A.shape[1]))
+    for lo in range(0, len(order), step):
+        out[lo:lo + step] = rows_to_storage(A[order[lo:lo + step]], dtype)
     return out
 
 
