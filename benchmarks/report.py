@@ -354,18 +354,24 @@ def generate_block(path: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def newest_rows(results: Path = RESULTS) -> dict:
+    """(layer, label) -> (row, result file): the newest row of each pair over every scale result file in
+    `results`, rows that ended in an error left out."""
+    found = {}
+    for path in sorted(p for p in results.glob("scale-*.json") if re.fullmatch(r"scale-[\d-]+", p.stem)):
+        for r in json.loads(path.read_text())["rows"]:
+            if "error" not in r:
+                found[(r["layer"], r["label"])] = (r, path)
+    return found
+
+
 def scale_block(results: Path = RESULTS) -> str:
     """benchmarks/scale.py: memory and cost per query by layer and method, the newest row of each pair over
     every scale result file."""
-    paths = sorted(p for p in results.glob("scale-*.json") if re.fullmatch(r"scale-[\d-]+", p.stem))
-    found = {}
-    for path in paths:
-        result = json.loads(path.read_text())
-        for r in result["rows"]:
-            if "error" not in r:
-                found[(r["layer"], r["label"])] = (r, path)
+    found = newest_rows(results)
     rows = {key: r for key, (r, _) in found.items()}
     sources = dict.fromkeys(path for _, path in found.values())
+    result = json.loads(list(sources)[-1].read_text())
     lines = [f"{result['machine']['cpu']}, {result['threads']} threads, float32; each (layer, method) "
              "in its own process; tuned to P@1 >= 0.99 on half the held-out queries, P@1 and speed on the other "
              "half, speed against exact in the same process (median after warm-up); memory over W's bytes: the "
@@ -388,6 +394,9 @@ def scale_block(results: Path = RESULTS) -> str:
                      f"{r['exact_ms_b1']:.2f} | {r['ms_b1']:.3f} | {r['speedup_b1']:.2f} | {r['speedup_b256']:.2f} | "
                      f"{r['build_s']:.0f} | {r['build_peak_over_W']:.2f}x | {plain:.2f}x | {codes:.2f}x | "
                      f"{r['load_added_anon_over_W']:.3f}x / {r['load_added_over_W']:.3f}x |")
+    png = results / "scale.png"
+    if png.exists():
+        lines += ["", f"![Cost per query against D]({png.relative_to(ROOT).as_posix()})"]
     return "\n".join(lines) + "\n"
 
 

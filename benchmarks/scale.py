@@ -2,6 +2,7 @@
 
     WOLINDEX_DATA=../shared/data python benchmarks/scale.py benchmarks/configs/scale.yaml [--layers NAME ...]
         [--methods LABEL ...]
+    python benchmarks/scale.py --plot      # only redraw results/scale.png from the result files
 
 Each (layer, method) runs in a process of its own, so its peak resident memory is its own:
 - the layer is loaded (or generated: the registry's synthetic generator), a small index of the method is
@@ -15,8 +16,9 @@ Each (layer, method) runs in a process of its own, so its peak resident memory i
 - the index is saved, and a fresh process loads it with mmap=True twice (the first load and search warm
   it up): its resident memory (anonymous and file-backed) before the second load, after it, and after one
   search, over W's bytes.
-One JSON file in benchmarks/results/ (scale-<date>.json) and, beside it, the cost per query against D of
-the synthetic layers of one width, log-log, with sqrt(D) and D slopes drawn.
+One JSON file in benchmarks/results/ (scale-<date>.json), then results/scale.png redrawn: the cost per query
+against D of the synthetic layers of one width (the newest row of each layer and method over every result
+file), log-log, with sqrt(D) and D slopes drawn.
 """
 from __future__ import annotations
 
@@ -162,8 +164,12 @@ def main(argv=None):
     ap.add_argument("--layers", nargs="*", help="only the layers of the config with these names")
     ap.add_argument("--methods", nargs="*", help="only the methods of the config with these labels")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--plot", action="store_true", help="only redraw scale.png from the result files in --out")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.plot:
+        print(f"drew {plot(a.out)}")
+        return
     if a.child:
         kind, job = a.child
         result = (build_job if kind == "build" else load_job)(json.loads(job))
@@ -205,20 +211,27 @@ def main(argv=None):
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rows": rows}
     path.write_text(json.dumps(result, indent=1, default=lambda x: x.tolist() if hasattr(x, "tolist") else str(x)))
     print(f"wrote {path}")
-    plot(result, path.with_suffix(".png"))
+    drawn = plot(a.out)
+    if drawn:
+        print(f"drew {drawn}")
 
 
-def plot(result: dict, path: Path, dim: int = 512) -> None:
-    """Milliseconds per query at batch 1 against D (synthetic layers of width dim), each method and exact,
-    log-log, with sqrt(D) and D slopes through exact's first point."""
+def plot(results: Path = RESULTS, dim: int = 512) -> Path | None:
+    """results/scale.png: milliseconds per query at batch 1 against D (the synthetic layers of width dim,
+    newest_rows over every result file), each method and exact, log-log, with sqrt(D) and D slopes through
+    exact's first point. None when fewer than two such D have been measured."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from report import newest_rows
 
-    rows = [r for r in result["rows"] if r.get("d") == dim and r["layer"].startswith("synthetic") and "ms_b1" in r]
+    found = [(r, path) for (layer, _), (r, path) in newest_rows(results).items()
+             if r.get("d") == dim and layer.startswith("synthetic") and "ms_b1" in r]
+    rows = [r for r, _ in found]
     if len({r["D"] for r in rows}) < 2:
-        return
+        return None
+    targets = sorted({json.loads(path.read_text())["target_p1"] for _, path in found})
     fig, ax = plt.subplots(figsize=(6, 4.5))
     exact = sorted({r["D"]: r["exact_ms_b1"] for r in rows}.items())
     ax.plot(*zip(*exact), "k-o", label="exact")
@@ -230,10 +243,14 @@ def plot(result: dict, path: Path, dim: int = 512) -> None:
     ax.plot(Ds, ms0 * Ds / D0, "k:", lw=1, label="slope D")
     ax.plot(Ds, ms0 * np.sqrt(Ds / D0) / 10, "k--", lw=1, label="slope sqrt(D)")
     ax.set(xscale="log", yscale="log", xlabel="classes D", ylabel="ms per query (batch 1)",
-           title=f"cost per query, d = {dim}, P@1 >= {result['target_p1']} ({result['threads']} threads)")
+           title=f"cost per query at batch 1, synthetic, d = {dim}, tuned to P@1 >= "
+           f"{' / '.join(map(str, targets))}")
     ax.legend(fontsize=8)
     fig.tight_layout()
+    path = results / "scale.png"
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 if __name__ == "__main__":

@@ -186,8 +186,11 @@ def test_layer_conversions(monkeypatch):
     monkeypatch.setattr(rows, "BLOCK_BYTES", 3 * W.shape[1] * 4)   # blocks of 3 rows: several, one short
     order = np.random.default_rng(1).permutation(D)
     for dtype in ("float16", "bfloat16"):
-        permuted = layer.stored_as(dtype).as_float32().permuted(order, dtype)   # as build stores a 16-bit index
+        permuted = layer.permuted(order, dtype)         # as build stores a 16-bit index
         np.testing.assert_array_equal(permuted.W, layer.stored_as(dtype).W[order])
+        fitted = layer.rounded_rows(dtype)              # what a 16-bit build fits: a float32 copy when rounding
+        np.testing.assert_array_equal(fitted.W, rounded(dtype))   # changes a value, else the layer itself
+        assert fitted.rounded_rows(dtype) is fitted and fitted.W.dtype == np.float32
         np.testing.assert_array_equal(permuted.b, B[order])
         np.testing.assert_array_equal(permuted.row_class, order)
     half = layer.stored_as("float16")

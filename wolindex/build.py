@@ -48,17 +48,17 @@ def build(W, b=None, method: str = "exact", *, train=None, labels=None, class_co
             raise ValueError("labels: given without train hidden states")
         y = as_labels(labels, H.shape[0], layer.n_classes)
     t0 = time.perf_counter()
-    # The builder fits the values the index will score, as float32 rows; a 16-bit copy is made only after
-    # the build (from those rows, which round to themselves), so a build holds one rounded copy at a time.
-    fitted = layer.stored_as(dtype).as_float32()
+    # The builder fits the values the index will score, as float32 rows (the caller's own when they round to
+    # themselves). The stored copy is made from the caller's rows once that float32 copy is gone, so a build
+    # holds at most one copy of W's values besides the caller's.
+    fitted = layer.rounded_rows(dtype)
     built = method_cls.build(fitted, build_params, H, y, verbose)
-    if hasattr(built, "storage_order"):
-        layer = fitted.permuted(built.storage_order(fitted), dtype)
-    else:
-        layer = fitted.stored_as(dtype)
-    if layer is not fitted:
-        built = method_cls.restore(layer, built.arrays, built.state)
-    del fitted
+    order = built.storage_order(fitted) if hasattr(built, "storage_order") else None
+    if order is not None or fitted is not layer or dtype != layer.row_dtype:
+        arrays, state = built.arrays, built.state
+        del built, fitted
+        layer = layer.stored_as(dtype) if order is None else layer.permuted(order, dtype)
+        built = method_cls.restore(layer, arrays, state)
     info = {
         "build_seconds": time.perf_counter() - t0,
         "built_with": f"wolindex {__version__}",

@@ -8,7 +8,7 @@ import numpy as np
 
 from ._numeric import with_bias_column, with_one_column
 from .arrays import as_float32, to_numpy
-from .rows import as_float32_rows, gathered_storage, row_dtype, rows_to_storage
+from .rows import as_float32_rows, gathered_storage, representable, row_dtype, rows_to_storage
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,13 @@ class OutputLayer:
             return self
         return OutputLayer(rows_to_storage(self.W, dtype), self.b, self.class_counts, self.scoring, self.epsilon,
                            self.row_class)
+
+    def rounded_rows(self, dtype: str) -> "OutputLayer":
+        """This layer with W rounded to `dtype` and held as float32 rows (what builders fit): itself when its
+        float32 rows already hold values of `dtype` (checked a block of rows at a time), else a copy."""
+        if self.row_dtype == "float32" and (dtype == "float32" or representable(self.W, dtype)):
+            return self
+        return self.stored_as(dtype).as_float32()
 
     def as_float32(self) -> "OutputLayer":
         """This layer with W's stored values as float32 rows (itself when so stored): what builders fit on."""

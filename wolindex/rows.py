@@ -76,6 +76,12 @@ def gathered_storage(A: np.ndarray, order: np.ndarray, dtype: str) -> np.ndarray
     return out
 
 
+def representable(A: np.ndarray, dtype: str) -> bool:
+    """Whether float32 rows A hold only values of `dtype` (they round to themselves), read a block of rows at a
+    time. Raises as rows_to_storage does when a value is not finite or overflows `dtype`."""
+    return all_blocks(A, lambda part: as_float32_rows(rows_to_storage(part, dtype)) == part, BLOCK_BYTES)
+
+
 def float32_to_bfloat16_bits(xp, A):
     """Float32 array (finite) -> uint16 bfloat16 bit patterns, rounded to nearest even; works on NumPy and
     CuPy arrays alike."""
