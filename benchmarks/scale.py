@@ -243,8 +243,7 @@ def plot(results: Path = RESULTS, dim: int = 512) -> Path | None:
     ax.plot(Ds, ms0 * Ds / D0, "k:", lw=1, label="slope D")
     ax.plot(Ds, ms0 * np.sqrt(Ds / D0) / 10, "k--", lw=1, label="slope sqrt(D)")
     ax.set(xscale="log", yscale="log", xlabel="classes D", ylabel="ms per query (batch 1)",
-           title=f"cost per query at batch 1, synthetic, d = {dim}, tuned to P@1 >= "
-           f"{' / '.join(map(str, targets))}")
+           title=f"synthetic layers, d = {dim}, each tuned to P@1 >= {' / '.join(map(str, targets))}")
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = results / "scale.png"
