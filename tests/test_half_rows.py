@@ -188,11 +188,12 @@ def test_layer_conversions(monkeypatch):
     for dtype in ("float16", "bfloat16"):
         permuted = layer.permuted(order, dtype)         # as build stores a 16-bit index
         np.testing.assert_array_equal(permuted.W, layer.stored_as(dtype).W[order])
-        fitted = layer.rounded_rows(dtype)              # what a 16-bit build fits: a float32 copy when rounding
-        np.testing.assert_array_equal(fitted.W, rounded(dtype))   # changes a value, else the layer itself
-        assert fitted.rounded_rows(dtype) is fitted and fitted.W.dtype == np.float32
         np.testing.assert_array_equal(permuted.b, B[order])
         np.testing.assert_array_equal(permuted.row_class, order)
+        # what a 16-bit build fits: a float32 copy where rounding changes a value, else the layer itself
+        fitted = layer.rounded_rows(dtype)
+        np.testing.assert_array_equal(fitted.W, rounded(dtype))
+        assert fitted.rounded_rows(dtype) is fitted and fitted.W.dtype == np.float32
     half = layer.stored_as("float16")
     assert half.W.dtype == np.float16 and half.stored_as("float16") is half
     np.testing.assert_array_equal(half.as_float32().W, rounded("float16"))

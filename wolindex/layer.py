@@ -123,7 +123,7 @@ class OutputLayer:
         return self.stored_as(dtype).as_float32()
 
     def as_float32(self) -> "OutputLayer":
-        """This layer with W's stored values as float32 rows (itself when so stored): what builders fit on."""
+        """This layer with W's stored values as float32 rows (itself when so stored)."""
         if self.row_dtype == "float32":
             return self
         return OutputLayer(as_float32_rows(self.W), self.b, self.class_counts, self.scoring, self.epsilon,
