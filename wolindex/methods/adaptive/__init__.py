@@ -164,11 +164,26 @@ class AdaptiveSoftmax(BucketMethod):
         """Which of the head's k scores a tail block must be able to reach (1 = the best)."""
         return k if params.mode == "certified" or params.beat_rank == 0 else min(k, params.beat_rank)
 
+    def search(self, layer, H, k, params):
+        """The screened approximate search (screen=n) of the numba engine in one kernel call per step
+        (screened.py); every other search through search_with."""
+        if params.screen and params.mode == "approximate" and params.engine == "numba" and not layer.square \
+                and self.screen_codes is not None:
+            if getattr(self, "_screened", None) is None or self._screened.layer is not layer:
+                from .screened import ScreenedSearch
+
+                self._screened = ScreenedSearch(self, layer)
+            return self._screened(H, k, params)
+        return super().search(layer, H, k, params)
+
+    def search_step(self) -> int:
+        """Queries per search step: at most SEARCH_BLOCK and ROUTING_CELLS / tail blocks, so the routing state
+        (queries x tail blocks) stays bounded for any N."""
+        return max(1, min(SEARCH_BLOCK, ROUTING_CELLS // self.block_cluster.size))
+
     def search_with(self, ops, H, k, params):
-        """Search on either engine (see methods.ops), queries in steps of at most SEARCH_BLOCK (and
-        ROUTING_CELLS / tail blocks), so the routing state (queries x tail blocks) stays bounded for any N."""
-        step = max(1, min(SEARCH_BLOCK, ROUTING_CELLS // self.block_cluster.size))
-        return in_steps(ops.xp, H, k, step, lambda part: self._search_step(ops, part, k, params))
+        """Search on either engine (see methods.ops), queries in steps of search_step()."""
+        return in_steps(ops.xp, H, k, self.search_step(), lambda part: self._search_step(ops, part, k, params))
 
     def _search_step(self, ops, H, k, params):
         """The head, then the tail blocks the router opens against the head's threshold_rank-th score."""
