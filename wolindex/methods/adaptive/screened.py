@@ -197,7 +197,8 @@ def adaptive_screen_kernel(blocks, block_ptr, slot_class, corr, scale, shift, me
         if j == J:
             cuts[r] = cluster_block[J]
         else:
-            count = (work[j + 1] - work[j]) // (cluster_block[j + 1] - cluster_block[j])
+            size = cluster_block[j + 1] - cluster_block[j]
+            count = 0 if size == 0 else (work[j + 1] - work[j]) // size
             ahead = 0 if count == 0 else (target - work[j] + count - 1) // count
             cuts[r] = min(cluster_block[j + 1], cluster_block[j] + ahead)
     cuts[0] = tail_lo
