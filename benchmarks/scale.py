@@ -16,6 +16,8 @@ Each (layer, method) runs in a process of its own, so its peak resident memory i
 - the index is saved, and a fresh process loads it with mmap=True twice (the first load and search warm
   it up): its resident memory (anonymous and file-backed) before the second load, after it, and after one
   search, over W's bytes.
+A method entry with `labels: false` is built without the data set's labels (learned methods then train on
+each training query's exact top-1).
 One JSON file in benchmarks/results/ (scale-<date>.json), then results/scale.png redrawn: the cost per query
 against D of the synthetic layers of one width (the newest row of each layer and method over every result
 file), log-log, with sqrt(D) and D slopes drawn.
@@ -93,7 +95,8 @@ def build_job(job: dict) -> dict:
     data = rss()["rss"]
     t0 = time.perf_counter()
     with PeakRss() as peak:
-        index = wolindex.build(W, b, method=job["method"], train=H_train, labels=ds.y_train[:H_train.shape[0]],
+        train_labels = ds.y_train[:H_train.shape[0]] if job["labels"] else None   # None: the exact top-1
+        index = wolindex.build(W, b, method=job["method"], train=H_train, labels=train_labels,
                                class_counts=ds.class_counts, verbose=False, **job.get("build", {}))
     build_s = time.perf_counter() - t0
     out = {"D": W.shape[0], "d": W.shape[1], "W_bytes": W.nbytes, "train_bytes": H_train.nbytes,
@@ -191,7 +194,7 @@ def main(argv=None):
                 job = {**{key: cfg[key] for key in ("threads", "k", "target_p1", "batch1_calls", "batch256_calls")},
                        **{key: layer[key] for key in ("dataset", "n_test") if key in layer},
                        "options": layer.get("options", {}), "n_train": layer.get("n_train", 10 ** 9),
-                       "method": spec["method"], "build": spec.get("build", {}),
+                       "method": spec["method"], "build": spec.get("build", {}), "labels": spec.get("labels", True),
                        "path": os.path.join(tmp, f"{layer['name']}-{spec.get('label', spec['method'])}"
                                             .replace(" ", "-"))}
                 t0 = time.perf_counter()
