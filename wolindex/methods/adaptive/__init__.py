@@ -196,7 +196,7 @@ class AdaptiveSoftmax(BucketMethod):
 
     def tuning_grid(self, k):
         grid = [{"mode": "approximate", "margin": m, "beat_rank": r}
-                for r in (0, 1) for m in (-1.0, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0)]
+                for r in (0, 1) for m in (-1.0, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0)]
         return self.screened(grid) + [{"mode": "certified"}]
 
 
