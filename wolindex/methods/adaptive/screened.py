@@ -107,6 +107,96 @@ def _gather_rescore(i, bs, bl, bn, heap_s, heap_l, W, b, class_row, H, row_block
     return n
 
 
+@njit(inline="always")
+def _head_part(part, q_lo, q_hi, n_head_ranges, block_ptr, blocks, slot_class, corr, scale, shift, quads, qscale,
+               qconst, hb_s, hb_l, hb_n):
+    """Part `part` of the head's blocks against queries q_lo:q_hi, into their buffers of range `part`."""
+    head_blocks = block_ptr[1] - block_ptr[0]
+    step = (head_blocks + n_head_ranges - 1) // n_head_ranges
+    g_lo = block_ptr[0] + min(head_blocks, part * step)
+    g_hi = block_ptr[0] + min(head_blocks, (part + 1) * step)
+    for i in range(q_lo, q_hi):
+        buffer_clear(hb_s[part, i], hb_l[part, i])
+        hb_n[part, i] = 0
+    _scan(blocks, g_lo, g_hi, slot_class, corr, scale, shift, quads[q_lo:q_hi], qscale[q_lo:q_hi],
+          qconst[q_lo:q_hi], q_hi - q_lo, np.arange(q_lo, q_hi), hb_s[part], hb_l[part], hb_n[part])
+
+
+@njit(inline="always")
+def _open_clusters(i, heap_s, heap_l, gates, margin, rank, opened):
+    """opened[i, j]: gate j of query i plus margin reaches the rank-th best score of the heap (heap_s[i],
+    heap_l[i]: the head's top-k, left as it is)."""
+    k = heap_s.shape[1]
+    best_s = np.empty(k, np.float32)
+    best_l = np.empty(k, np.int64)
+    write_sorted(heap_s[i].copy(), heap_l[i].copy(), best_s, best_l)
+    level = best_s[rank - 1]
+    for j in range(gates.shape[1]):
+        opened[i, j] = gates[i, j] + margin >= level
+
+
+@njit(cache=True)
+def equal_work_cuts(opened, cluster_block, n_ranges):
+    """(n_ranges + 1,) int64 block ids: range r of the tail is blocks cuts[r]:cuts[r + 1], the ranges of about
+    equal work (queries opening a cluster x its blocks). opened (N, J) bool; cluster_block (J + 1,) int64 the
+    first block of each cluster (and the tail's end)."""
+    J = opened.shape[1]
+    work = np.empty(J + 1, np.int64)            # cumulative work before cluster j
+    work[0] = 0
+    for j in range(J):
+        count = 0
+        for i in range(opened.shape[0]):
+            count += opened[i, j]
+        work[j + 1] = work[j] + count * (cluster_block[j + 1] - cluster_block[j])
+    cuts = np.empty(n_ranges + 1, np.int64)
+    j = 0
+    for r in range(n_ranges + 1):
+        target = (work[J] * r + n_ranges - 1) // n_ranges
+        while j < J and work[j + 1] < target:
+            j += 1
+        if j == J:
+            cuts[r] = cluster_block[J]
+        else:
+            size = cluster_block[j + 1] - cluster_block[j]
+            count = 0 if size == 0 else (work[j + 1] - work[j]) // size
+            ahead = 0 if count == 0 else (target - work[j] + count - 1) // count
+            cuts[r] = min(cluster_block[j + 1], cluster_block[j] + ahead)
+    cuts[0] = cluster_block[0]
+    cuts[n_ranges] = cluster_block[J]
+    return cuts
+
+
+@njit(inline="always")
+def _tail_item(r, q_lo, q_hi, cuts, cluster_block, opened, blocks, slot_class, corr, scale, shift, quads, qscale,
+               qconst, tb_s, tb_l, tb_n):
+    """Tail range r against queries q_lo:q_hi: each cluster of the range scanned by the queries that open it,
+    gathered into contiguous rows, into their buffers of range r."""
+    for i in range(q_lo, q_hi):
+        buffer_clear(tb_s[r, i], tb_l[r, i])
+        tb_n[r, i] = 0
+    if cuts[r] >= cuts[r + 1]:
+        return
+    sel_quads = np.empty((RUN, quads.shape[1]), np.int32)
+    sel_scale = np.empty(RUN, np.float32)
+    sel_const = np.empty(RUN, np.float32)
+    qid = np.empty(RUN, np.int64)
+    J = opened.shape[1]
+    j = np.searchsorted(cluster_block, cuts[r], side="right") - 1
+    while j < J and cluster_block[j] < cuts[r + 1]:
+        n_sel = 0
+        for i in range(q_lo, q_hi):
+            if opened[i, j]:
+                sel_quads[n_sel] = quads[i]
+                sel_scale[n_sel] = qscale[i]
+                sel_const[n_sel] = qconst[i]
+                qid[n_sel] = i
+                n_sel += 1
+        if n_sel:
+            _scan(blocks, max(cuts[r], cluster_block[j]), min(cuts[r + 1], cluster_block[j + 1]), slot_class, corr,
+                  scale, shift, sel_quads, sel_scale, sel_const, n_sel, qid, tb_s[r], tb_l[r], tb_n[r])
+        j += 1
+
+
 @njit(parallel=True, cache=True)
 def adaptive_screen_kernel(blocks, block_ptr, slot_class, corr, scale, shift, mean, gate_V, gate_c, cluster_ptr,
                            margin, rank, n_cand, W, b, class_row, H, k, row_block, threads, out_s, out_l, n_scored):
@@ -120,124 +210,45 @@ def adaptive_screen_kernel(blocks, block_ptr, slot_class, corr, scale, shift, me
     (D,) f32, class_row (D,) int32 each class's row (empty: row c); row_block: rows per cache block; threads:
     Numba's. Writes out_s (N, k) f32 exact scores, out_l (N, k) int64 (-1 padding), best first, and n_scored (N,)
     int64, the classes rescored."""
-    N = H.shape[0]
-    J = gate_V.shape[0]
-    n_quads = blocks.shape[1]
-    width = 2 * n_cand + 1
-    quads = np.empty((N, n_quads), np.int32)
+    N, J, width = H.shape[0], gate_V.shape[0], 2 * n_cand + 1
+    quads = np.empty((N, blocks.shape[1]), np.int32)
     qscale = np.empty(N, np.float32)
     qconst = np.empty(N, np.float32)
     code_queries_kernel(H, H, mean, quads, qscale, qconst, np.empty(H.shape, np.int8))
     n_runs = (N + RUN - 1) // RUN
     n_tail_ranges = max(1, (threads + n_runs - 1) // n_runs)   # every thread has a work item
     n_head_ranges = max(1, min(block_ptr[1] - block_ptr[0], n_tail_ranges))
-
-    # the head's screen, and the gates
-    head_lo = block_ptr[0]
-    head_blocks = block_ptr[1] - head_lo
-    hb_s = np.empty((n_head_ranges, N, width), np.float32)
-    hb_l = np.empty((n_head_ranges, N, width), np.int64)
+    hb_s, hb_l = np.empty((n_head_ranges, N, width), np.float32), np.empty((n_head_ranges, N, width), np.int64)
     hb_n = np.empty((n_head_ranges, N), np.int64)
     gates = np.empty((N, J), np.float32)
     gate_step = max(4, -(-J // n_head_ranges))
-    n_gate_parts = (J + gate_step - 1) // gate_step
-    for item in prange(n_runs * (n_head_ranges + n_gate_parts)):
-        q_lo = (item // (n_head_ranges + n_gate_parts)) * RUN
-        q_hi = min(N, q_lo + RUN)
-        part = item % (n_head_ranges + n_gate_parts)
+    parts = n_head_ranges + (J + gate_step - 1) // gate_step   # per run of queries: head ranges, then gate rows
+    for item in prange(n_runs * parts):                         # the head's screen, and the gates
+        q_lo, part = (item // parts) * RUN, item % parts
         if part < n_head_ranges:
-            step = (head_blocks + n_head_ranges - 1) // n_head_ranges
-            g_lo = head_lo + min(head_blocks, part * step)
-            g_hi = head_lo + min(head_blocks, (part + 1) * step)
-            qid = np.arange(q_lo, q_hi)
-            for i in range(q_lo, q_hi):
-                buffer_clear(hb_s[part, i], hb_l[part, i])
-                hb_n[part, i] = 0
-            _scan(blocks, g_lo, g_hi, slot_class, corr, scale, shift, quads[q_lo:q_hi], qscale[q_lo:q_hi],
-                  qconst[q_lo:q_hi], q_hi - q_lo, qid, hb_s[part], hb_l[part], hb_n[part])
+            _head_part(part, q_lo, min(N, q_lo + RUN), n_head_ranges, block_ptr, blocks, slot_class, corr, scale,
+                       shift, quads, qscale, qconst, hb_s, hb_l, hb_n)
         else:
             r0 = (part - n_head_ranges) * gate_step
-            _gates(gate_V, gate_c, H, q_lo, q_hi, r0, min(J, r0 + gate_step), gates)
-
-    # the head rescored; the clusters each query opens
-    heap_s = np.empty((N, k), np.float32)
-    heap_l = np.empty((N, k), np.int64)
+            _gates(gate_V, gate_c, H, q_lo, min(N, q_lo + RUN), r0, min(J, r0 + gate_step), gates)
+    heap_s, heap_l = np.empty((N, k), np.float32), np.empty((N, k), np.int64)
     head_n = np.empty(N, np.int64)
     opened = np.empty((N, J), np.bool_)
-    for i in prange(N):
+    for i in prange(N):                                         # the head rescored; the clusters each query opens
         clear(heap_s[i], heap_l[i])
         head_n[i] = _gather_rescore(i, hb_s, hb_l, hb_n, heap_s[i], heap_l[i], W, b, class_row, H, row_block)
-        best_s = np.empty(k, np.float32)
-        best_l = np.empty(k, np.int64)
-        hs = heap_s[i].copy()
-        hl = heap_l[i].copy()
-        write_sorted(hs, hl, best_s, best_l)
-        level = best_s[rank - 1]
-        for j in range(J):
-            opened[i, j] = gates[i, j] + margin >= level
-
-    # the tail's blocks in ranges of equal work
-    tail_lo = block_ptr[1]
-    cluster_block = np.empty(J + 1, np.int64)   # first block (of `blocks`) of each cluster
+        _open_clusters(i, heap_s, heap_l, gates, margin, rank, opened)
+    cluster_block = np.empty(J + 1, np.int64)                   # first block (of `blocks`) of each cluster
     for j in range(J + 1):
         cluster_block[j] = block_ptr[1 + cluster_ptr[j]]
-    work = np.empty(J + 1, np.int64)            # cumulative (opening queries x blocks) before cluster j
-    work[0] = 0
-    for j in range(J):
-        count = 0
-        for i in range(N):
-            count += opened[i, j]
-        work[j + 1] = work[j] + count * (cluster_block[j + 1] - cluster_block[j])
-    cuts = np.empty(n_tail_ranges + 1, np.int64)   # range r: blocks cuts[r]:cuts[r + 1]
-    j = 0
-    for r in range(n_tail_ranges + 1):
-        target = (work[J] * r + n_tail_ranges - 1) // n_tail_ranges
-        while j < J and work[j + 1] < target:
-            j += 1
-        if j == J:
-            cuts[r] = cluster_block[J]
-        else:
-            size = cluster_block[j + 1] - cluster_block[j]
-            count = 0 if size == 0 else (work[j + 1] - work[j]) // size
-            ahead = 0 if count == 0 else (target - work[j] + count - 1) // count
-            cuts[r] = min(cluster_block[j + 1], cluster_block[j] + ahead)
-    cuts[0] = tail_lo
-    cuts[n_tail_ranges] = cluster_block[J]
-
-    # the tail's screen: each range's clusters against the run's queries that open them
-    tb_s = np.empty((n_tail_ranges, N, width), np.float32)
-    tb_l = np.empty((n_tail_ranges, N, width), np.int64)
+    cuts = equal_work_cuts(opened, cluster_block, n_tail_ranges)
+    tb_s, tb_l = np.empty((n_tail_ranges, N, width), np.float32), np.empty((n_tail_ranges, N, width), np.int64)
     tb_n = np.empty((n_tail_ranges, N), np.int64)
-    for item in prange(n_runs * n_tail_ranges):
-        r = item % n_tail_ranges
+    for item in prange(n_runs * n_tail_ranges):                 # the tail's screen
         q_lo = (item // n_tail_ranges) * RUN
-        q_hi = min(N, q_lo + RUN)
-        for i in range(q_lo, q_hi):
-            buffer_clear(tb_s[r, i], tb_l[r, i])
-            tb_n[r, i] = 0
-        if cuts[r] >= cuts[r + 1]:
-            continue
-        sel_quads = np.empty((RUN, n_quads), np.int32)
-        sel_scale = np.empty(RUN, np.float32)
-        sel_const = np.empty(RUN, np.float32)
-        qid = np.empty(RUN, np.int64)
-        j = np.searchsorted(cluster_block, cuts[r], side="right") - 1
-        while j < J and cluster_block[j] < cuts[r + 1]:
-            n_sel = 0
-            for i in range(q_lo, q_hi):
-                if opened[i, j]:
-                    sel_quads[n_sel] = quads[i]
-                    sel_scale[n_sel] = qscale[i]
-                    sel_const[n_sel] = qconst[i]
-                    qid[n_sel] = i
-                    n_sel += 1
-            if n_sel:
-                _scan(blocks, max(cuts[r], cluster_block[j]), min(cuts[r + 1], cluster_block[j + 1]), slot_class,
-                      corr, scale, shift, sel_quads, sel_scale, sel_const, n_sel, qid, tb_s[r], tb_l[r], tb_n[r])
-            j += 1
-
-    # the tail's best rescored into each query's heap, which holds the head's top-k
-    for i in prange(N):
+        _tail_item(item % n_tail_ranges, q_lo, min(N, q_lo + RUN), cuts, cluster_block, opened, blocks, slot_class,
+                   corr, scale, shift, quads, qscale, qconst, tb_s, tb_l, tb_n)
+    for i in prange(N):                                         # the tail's best rescored into the head's heap
         n_scored[i] = head_n[i] + _gather_rescore(i, tb_s, tb_l, tb_n, heap_s[i], heap_l[i], W, b, class_row, H,
                                                   row_block)
         write_sorted(heap_s[i], heap_l[i], out_s[i], out_l[i])
