@@ -24,7 +24,7 @@ from ...rows import kernel_rows
 RUN = 64   # queries per work item (a multiple of 4: the gates' register tiles)
 
 
-@njit(inline="always")
+@njit(cache=True)
 def _scan(blocks, g_lo, g_hi, slot_class, corr, scale, shift, quads, qscale, qconst, n_sel, qid, bs, bl, bn):
     """Blocks g_lo:g_hi against the first n_sel queries of quads / qscale / qconst (contiguous rows), query t
     being query qid[t] of the buffers bs / bl (N, 2 m + 1) with counts bn (N,): each slot's class (slot_class,
@@ -90,7 +90,7 @@ def _gates(V, c, H, q_lo, q_hi, r0, r1, out):
             out[i, t] = _dot1(V[t], h) + c[t]
 
 
-@njit(inline="always")
+@njit(cache=True)
 def _gather_rescore(i, bs, bl, bn, heap_s, heap_l, W, b, class_row, H, row_block):
     """Query i's m best classes over every range's buffer (bs / bl / bn: (R, N, 2 m + 1), (R, N)) rescored
     exactly into the heap heap_s / heap_l; returns how many were rescored."""
@@ -107,7 +107,7 @@ def _gather_rescore(i, bs, bl, bn, heap_s, heap_l, W, b, class_row, H, row_block
     return n
 
 
-@njit(inline="always")
+@njit(cache=True)
 def _head_part(part, q_lo, q_hi, n_head_ranges, block_ptr, blocks, slot_class, corr, scale, shift, quads, qscale,
                qconst, hb_s, hb_l, hb_n):
     """Part `part` of the head's blocks against queries q_lo:q_hi, into their buffers of range `part`."""
@@ -122,7 +122,7 @@ def _head_part(part, q_lo, q_hi, n_head_ranges, block_ptr, blocks, slot_class, c
           qconst[q_lo:q_hi], q_hi - q_lo, np.arange(q_lo, q_hi), hb_s[part], hb_l[part], hb_n[part])
 
 
-@njit(inline="always")
+@njit(cache=True)
 def _open_clusters(i, heap_s, heap_l, gates, margin, rank, opened):
     """opened[i, j]: gate j of query i plus margin reaches the rank-th best score of the heap (heap_s[i],
     heap_l[i]: the head's top-k, left as it is)."""
@@ -166,7 +166,7 @@ def equal_work_cuts(opened, cluster_block, n_ranges):
     return cuts
 
 
-@njit(inline="always")
+@njit(cache=True)
 def _tail_item(r, q_lo, q_hi, cuts, cluster_block, opened, blocks, slot_class, corr, scale, shift, quads, qscale,
                qconst, tb_s, tb_l, tb_n):
     """Tail range r against queries q_lo:q_hi: each cluster of the range scanned by the queries that open it,
