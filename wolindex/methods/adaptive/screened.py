@@ -263,9 +263,9 @@ class ScreenedSearch:
         W = readonly(kernel_rows(layer.W))
         class_row = np.zeros(0, np.int32) if layer.class_row is None else layer.class_row
         self.method, self.layer = method, layer
-        self.index_arrays = (readonly(codes.blocks), codes.block_ptr, codes.slot_class, codes.slot_corr,
-                             codes.slot_scale, codes.slot_shift, codes.mean, readonly(a["gate_V"]),
-                             readonly(a["gate_c"]), a["cluster_ptr"])
+        self.index_arrays = tuple(readonly(x) for x in (   # read-only whether built or loaded: one compiled kernel
+            codes.blocks, codes.block_ptr, codes.slot_class, codes.slot_corr, codes.slot_scale, codes.slot_shift,
+            codes.mean, a["gate_V"], a["gate_c"], a["cluster_ptr"]))
         self.rows = (W, readonly(layer.b), readonly(class_row))
         self.row_block = _row_block(W)
 
