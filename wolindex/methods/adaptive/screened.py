@@ -15,9 +15,9 @@ from numba import njit, prange
 
 from ...engine.cpu import FAST, _dot1, _products_block, _score_block
 from ...engine.dispatch import _launch, _num_threads, _row_block, readonly
-from ...engine.heap import buffer_clear, buffer_cut, buffer_offer, clear, write_sorted
+from ...engine.heap import buffer_clear, buffer_offer, clear, write_sorted
 from ...engine.screen import STEP_CELLS
-from ...engine.screen_cpu import CHUNK_BYTES, code_queries_kernel
+from ...engine.screen_cpu import CHUNK_BYTES, _merge_ranges, code_queries_kernel
 from ...engine.vnni import block_scores, tile
 from ...rows import kernel_rows
 
@@ -94,11 +94,7 @@ def _gates(V, c, H, q_lo, q_hi, r0, r1, out):
 def _gather_rescore(i, bs, bl, bn, heap_s, heap_l, W, b, class_row, H, row_block):
     """Query i's m best classes over every range's buffer (bs / bl / bn: (R, N, 2 m + 1), (R, N)) rescored
     exactly into the heap heap_s / heap_l; returns how many were rescored."""
-    n = bn[0, i]
-    for r in range(1, bs.shape[0]):
-        for t in range(1, bn[r, i] + 1):
-            n = buffer_offer(bs[0, i], bl[0, i], n, bs[r, i, t], bl[r, i, t])
-    n = buffer_cut(bs[0, i], bl[0, i], n)
+    n = _merge_ranges(i, bs, bl, bn)
     labels = bl[0, i, 1:n + 1]
     rows = labels.copy() if class_row.shape[0] == 0 else class_row[labels].astype(np.int64)
     hs = heap_s.reshape(1, heap_s.shape[0])
