@@ -110,8 +110,8 @@ def run_tests(workdir: Path, tests: list[str], timeout: int) -> tuple[str, float
     env.pop("WOLINDEX_DATA", None)
     t0 = time.perf_counter()
     try:
-        done = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
-                              cwd=workdir, env=env, capture_output=True, timeout=timeout)
+        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-o", "addopts=", *tests]
+        done = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, timeout=timeout)
         outcome = "survived" if done.returncode == 0 else ("killed" if done.returncode in (1, 2) or done.returncode < 0
                                                           else f"error rc={done.returncode}")
     except subprocess.TimeoutExpired:
