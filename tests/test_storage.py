@@ -17,6 +17,7 @@ D, DIM = 6000, 256
 W, B = random_layer(D, DIM, seed=31)
 H_TRAIN = random_queries(3000, DIM, seed=32)
 H = random_queries(50, DIM, seed=33)
+BUILD_TO_FILE_PEAK = 0.6   # x W: what a build straight to a file may allocate (builders' blocks, codes, routing)
 BUILDS = {
     "adaptive": dict(cutoffs=[400, 2000]),
     "lss": dict(n_buckets=40, n_tables=2, rounds=1),
@@ -155,6 +156,40 @@ def test_mmap_load_reads_no_mapped_page(saved):
     assert resident_bytes_of(path) > 0                           # the search did read through the map
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_build_save_to_writes_the_index_build_then_save_would(tmp_path, built, dtype):
+    """build(save_to=path) writes the rows into the file a block at a time and returns the index loaded from it
+    (mapped): the same arrays as build(...).save(path) and the same search results."""
+    method, _ = built
+    ref = wolindex.build(W, B, method=method, train=H_TRAIN, verbose=False, dtype=dtype, **BUILDS[method])
+    ref.save(tmp_path / "ref.wol")
+    got = wolindex.build(W, B, method=method, train=H_TRAIN, verbose=False, dtype=dtype, save_to=tmp_path / "i.wol",
+                         **BUILDS[method])
+    assert isinstance(got.layer.W, np.memmap) and got.layer.row_dtype == dtype
+    again = wolindex.load(tmp_path / "i.wol")                    # the file's checksums hold
+    saved = wolindex.load(tmp_path / "ref.wol")
+    for index in (got, again):
+        np.testing.assert_array_equal(index.layer.W, saved.layer.W)
+        np.testing.assert_array_equal(index.layer.row_class, saved.layer.row_class)
+        np.testing.assert_array_equal(index.layer.b, saved.layer.b)
+        assert index.method.arrays.keys() == saved.method.arrays.keys()
+        for name, a in saved.method.arrays.items():
+            np.testing.assert_array_equal(index.method.arrays[name], a)
+        assert index.method.state.keys() == saved.method.state.keys()         # (DS's hold build timings)
+        assert index.default_search == saved.default_search
+    for settings in SETTINGS[method]:
+        for x, y in zip(got.search(H, 7, **settings), ref.search(H, 7, **settings)):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_build_save_to_refuses_a_path_it_may_not_replace_before_building(tmp_path, monkeypatch):
+    (tmp_path / "notes.wol").write_text("not an index")
+    monkeypatch.setattr(wolindex.methods.get_method("adaptive"), "build", None)    # never reached
+    with pytest.raises(ValueError, match="not a wolindex index; refusing"):
+        wolindex.build(W, B, method="adaptive", train=H_TRAIN, save_to=tmp_path / "notes.wol")
+    assert (tmp_path / "notes.wol").read_text() == "not an index"
+
+
 def test_a_damaged_row_order_is_refused(tmp_path, built):
     method, index = built
     index.save(tmp_path / "i")
@@ -189,10 +224,11 @@ def build_peak(method, W_, H_, **build):
     ("adaptive", dict(cost_queries=256)),
     ("lss", dict(n_buckets=64, n_tables=2, rounds=1)),
 ])
-def test_builds_hold_little_beyond_the_permuted_copy(monkeypatch, method, build):
+def test_builds_hold_little_beyond_the_permuted_copy(tmp_path, monkeypatch, method, build):
     """Builders work on blocks of classes and queries: on a layer whose k-means samples and score blocks are
     smaller than it (limits lowered so a small layer shows it), a build allocates at most the permuted copy
-    of W the index keeps plus 0.5x W."""
+    of W the index keeps plus 0.5x W; built straight to a file (save_to), under BUILD_TO_FILE_PEAK x W."""
+    from wolindex import rows
     from wolindex.methods.adaptive import bounds, gates
     from wolindex.methods.lss import hashing
 
@@ -202,12 +238,16 @@ def test_builds_hold_little_beyond_the_permuted_copy(monkeypatch, method, build)
     monkeypatch.setattr(bounds, "ASSIGN_ROWS", 2000)
     monkeypatch.setattr(gates, "SCORE_CELLS", 1 << 18)
     monkeypatch.setattr(gates, "W_SHARE", 1 << 30)
+    monkeypatch.setattr(rows, "BLOCK_BYTES", 1 << 18)
     Wl = random_layer(40000, 64, seed=41)[0]
     Hl = random_queries(2000, 64, seed=42)
     build_peak(method, Wl[:3000], Hl, **build)             # imports and compiled kernels: not the build's memory
     index, peak = build_peak(method, Wl, Hl, **build)
     assert peak <= 1.5 * Wl.nbytes, peak / Wl.nbytes
     assert index.nbytes() <= 1.2 * Wl.nbytes
+    index, peak = build_peak(method, Wl, Hl, save_to=tmp_path / "i.wol", **build)
+    assert peak <= BUILD_TO_FILE_PEAK * Wl.nbytes, peak / Wl.nbytes          # no copy of W: the rows go to the file
+    assert index.mapped_nbytes() >= Wl.nbytes
 
 
 def test_lss_kmeans_on_a_sample_assigns_every_row_to_its_nearest_centroid(monkeypatch):

@@ -5,16 +5,19 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
+
 from ._version import __version__
 from .arrays import as_labels, as_queries
-from .index import Index
+from . import format as fmt
+from .index import Index, load, save_index
 from .layer import OutputLayer
 from .methods import METHODS, get_method
 from .rows import check_row_dtype
 
 def build(W, b=None, method: str = "exact", *, train=None, labels=None, class_counts=None,
           scoring: str = "logit", epsilon: float = 0.0, dtype: str = "float32", device: str = "cpu",
-          verbose: bool = True, **params: Any):
+          save_to=None, verbose: bool = True, **params: Any):
     """Build an index over the output layer ``logits = H @ W.T + b``.
 
     W: (D, d) array from any framework (or an OutputLayer, then b and class_counts must be None);
@@ -26,7 +29,9 @@ def build(W, b=None, method: str = "exact", *, train=None, labels=None, class_co
     'bfloat16' (rounded to nearest even; the method is fitted on the rounded rows, and CPU searches return
     the exact float32 scores of the rows as stored); device: 'cpu' (an Index) or 'cuda' / 'cuda:N' (the
     built Index moved to that GPU, its rows in the same dtype: a wolindex.gpu.GpuIndex, whose exact GEMM
-    also rounds the queries to that dtype; see Index.to)."""
+    also rounds the queries to that dtype; see Index.to); save_to: a path (as Index.save's) to write the index
+    to as it is built, its rows going into the file a block at a time instead of into a copy in memory, and
+    to return it from, loaded with mmap=True (for layers near the size of memory)."""
     if not isinstance(device, str) or not (device in ("cpu", "cuda") or device.startswith("cuda:")):
         raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     if isinstance(W, OutputLayer):
@@ -47,6 +52,8 @@ def build(W, b=None, method: str = "exact", *, train=None, labels=None, class_co
         if H is None:
             raise ValueError("labels: given without train hidden states")
         y = as_labels(labels, H.shape[0], layer.n_classes)
+    if save_to is not None:
+        fmt.check_save_path(save_to)
     t0 = time.perf_counter()
     # The builder fits the values the index will score, as float32 rows (the caller's own when they round to
     # themselves). The stored copy is made from the caller's rows once that float32 copy is gone, so a build
@@ -54,15 +61,32 @@ def build(W, b=None, method: str = "exact", *, train=None, labels=None, class_co
     fitted = layer.rounded_rows(dtype)
     built = method_cls.build(fitted, build_params, H, y, verbose)
     order = built.storage_order(fitted) if hasattr(built, "storage_order") else None
+    if save_to is not None:
+        parts = built.arrays, built.state, built.default_search()
+        del built, fitted          # the fitted float32 copy of 16-bit rows, released before the rows are written
+        seconds = time.perf_counter() - t0
+        return _saved(save_to, layer, method_cls, parts, order, dtype, build_params, seconds).to(device)
     if order is not None or fitted is not layer or dtype != layer.row_dtype:
         arrays, state = built.arrays, built.state
         del built, fitted
         layer = layer.stored_as(dtype) if order is None else layer.permuted(order, dtype)
         built = method_cls.restore(layer, arrays, state)
-    info = {
-        "build_seconds": time.perf_counter() - t0,
-        "built_with": f"wolindex {__version__}",
-        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    index = Index(layer, built, build_params, built.default_search(), info)
+    index = Index(layer, built, build_params, built.default_search(), _build_info(time.perf_counter() - t0))
     return index.to(device, dtype)
+
+
+def _build_info(seconds: float) -> dict[str, Any]:
+    return {"build_seconds": seconds, "built_with": f"wolindex {__version__}",
+            "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def _saved(path, layer: OutputLayer, method_cls, parts: tuple, order: np.ndarray | None, dtype: str, build_params,
+           seconds: float) -> Index:
+    """The built method (parts: its arrays, state and default search) over the caller's layer, written to `path`
+    with the rows in `order` and stored in `dtype` a block at a time, then loaded back with mmap=True (checked;
+    the SHA-256 just written is not read again)."""
+    arrays, state, defaults = parts
+    index = Index(layer, method_cls.restore(layer, arrays, state), build_params, defaults, _build_info(seconds))
+    save_index(index, path, order=order, dtype=dtype)
+    del index
+    return load(path, mmap=True, verify=False)

@@ -18,6 +18,8 @@ import shutil
 import struct
 import uuid
 import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -83,9 +85,33 @@ def _meta_of(fields: dict, entries: dict) -> dict:
     return {**meta, "meta_sha256": meta_checksum(meta)}
 
 
-def _write_npy(f, a: np.ndarray) -> str:
+@dataclass(frozen=True)
+class ArrayInBlocks:
+    """An array that write_index writes a block of rows at a time and never holds whole: its shape, dtype, and
+    blocks(), which yields (lo, rows lo:lo + n) of it in order (the same bytes a .npy of the array holds)."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    blocks: Callable[[], Iterator[tuple[int, np.ndarray]]]
+
+
+def _write_npy(f, a: np.ndarray | ArrayInBlocks) -> str:
     w = _HashingWriter(f)
-    np.lib.format.write_array(w, np.ascontiguousarray(a), allow_pickle=False)
+    if not isinstance(a, ArrayInBlocks):
+        np.lib.format.write_array(w, np.ascontiguousarray(a), allow_pickle=False)
+        return w.sha.hexdigest()
+    header = {"descr": np.lib.format.dtype_to_descr(a.dtype), "fortran_order": False, "shape": tuple(a.shape)}
+    np.lib.format.write_array_header_1_0(w, header)
+    rows = 0
+    for lo, part in a.blocks():
+        if lo != rows or part.dtype != a.dtype or part.shape[1:] != tuple(a.shape[1:]):
+            raise ValueError(f"blocks: expected rows from {rows} of {a.dtype} {tuple(a.shape)}, got rows from {lo} "
+                             f"of {part.dtype} {part.shape}")
+        w.write(np.ascontiguousarray(part).data)
+        rows += len(part)
+        del part                     # before the next block is made: one block in memory at a time
+    if rows != a.shape[0]:
+        raise ValueError(f"blocks: gave {rows} of {a.shape[0]} rows")
     return w.sha.hexdigest()
 
 
@@ -181,9 +207,9 @@ def _sibling(path: Path, kind: str) -> Path:
     return path.parent / f".{path.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
 
 
-def write_index(path, arrays: dict[str, np.ndarray], fields: dict) -> None:
-    """Write `arrays` and meta.json (format fields, then `fields`, then the array entries and the checksum)
-    to `path` atomically: a zip if path ends in .zip / .wol, else a folder.
+def write_index(path, arrays: dict[str, np.ndarray | ArrayInBlocks], fields: dict) -> None:
+    """Write `arrays` (each an array or an ArrayInBlocks) and meta.json (format fields, then `fields`, then the
+    array entries and the checksum) to `path` atomically: a zip if path ends in .zip / .wol, else a folder.
 
     Only a wolindex index of the same kind, or an empty folder, is replaced (see check_save_path);
     temporaries of earlier killed saves of `path` are removed."""

@@ -13,7 +13,7 @@ from . import format as fmt
 from .arrays import as_queries, check_k
 from .engine.blas import before_search
 from .layer import OutputLayer
-from .rows import as_float32_rows
+from .rows import STORED_AS, as_float32_rows, gathered_blocks
 from .methods import Method, get_method
 from .params import BuildParams
 
@@ -200,20 +200,32 @@ def _is_mapped(a: np.ndarray) -> bool:
     return False
 
 
-def save_index(index: Index, path, with_layer: bool = True) -> None:
+def save_index(index: Index, path, with_layer: bool = True, order: np.ndarray | None = None,
+               dtype: str | None = None) -> None:
     """Write `index` to `path` atomically: a zip if path ends in .zip / .wol, else a folder.
 
     with_layer=False leaves W, b and class_counts out (the method's arrays only, with the layer's SHA-256):
-    load then needs the same layer passed in. Only a wolindex index of the same kind, or an empty folder, is
-    replaced (format.write_index checks the path first); temporaries of earlier killed saves of `path` are removed."""
+    load then needs the same layer passed in. order (D,) and dtype: write the layer as
+    index.layer.permuted(order, dtype) (order None: stored_as(dtype)) would store it, its rows gathered and
+    converted into the file a block at a time (wolindex.build's save_to: the stored rows are never all in
+    memory). Only a wolindex index of the same kind, or an empty folder, is replaced (format.write_index
+    checks the path first); temporaries of earlier killed saves of `path` are removed."""
     if not isinstance(with_layer, bool):
         raise TypeError(f"with_layer: expected a bool, got {type(with_layer).__name__}")
     layer = index.layer
-    arrays = {"layer.W": layer.W, "layer.b": layer.b} if with_layer else {}
+    W, b, row_class, row_dtype = layer.W, layer.b, layer.row_class, layer.row_dtype
+    if order is not None or dtype not in (None, row_dtype):
+        row_dtype = dtype or row_dtype
+        rows = np.arange(layer.n_classes) if order is None else order
+        W = fmt.ArrayInBlocks(layer.W.shape, np.dtype(STORED_AS[row_dtype]),
+                              lambda: gathered_blocks(layer.W, rows, row_dtype))
+        if order is not None:
+            b, row_class = layer.b[order], layer.permuted_row_class(order)
+    arrays = {"layer.W": W, "layer.b": b} if with_layer else {}
     if with_layer and layer.class_counts is not None:
         arrays["layer.class_counts"] = layer.class_counts
-    if layer.row_class is not None:
-        arrays["layer.row_class"] = layer.row_class
+    if row_class is not None:
+        arrays["layer.row_class"] = row_class
     for name, a in index.method.arrays.items():
         arrays[f"method.{name}"] = a
     fields = {
@@ -227,8 +239,8 @@ def save_index(index: Index, path, with_layer: bool = True) -> None:
         "scoring": layer.scoring,
         "epsilon": layer.epsilon,
         "layer": "included" if with_layer else "external",
-        **({} if layer.row_dtype == "float32" else {"row_dtype": layer.row_dtype}),
-        **({} if with_layer else {"layer_sha256": fmt.layer_fingerprint(layer)}),
+        **({} if row_dtype == "float32" else {"row_dtype": row_dtype}),
+        **({} if with_layer else {"layer_sha256": fmt.layer_fingerprint(layer.stored_as(row_dtype))}),
     }
     fmt.write_index(path, arrays, fields)
 

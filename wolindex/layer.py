@@ -92,8 +92,12 @@ class OutputLayer:
             W = np.ascontiguousarray(self.W[order])
         else:
             W = gathered_storage(self.W, order, dtype)
-        row_class = order.astype(np.int32) if self.row_class is None else self.row_class[order]
-        return OutputLayer(W, self.b[order], self.class_counts, self.scoring, self.epsilon, row_class)
+        return OutputLayer(W, self.b[order], self.class_counts, self.scoring, self.epsilon,
+                           self.permuted_row_class(order))
+
+    def permuted_row_class(self, order: np.ndarray) -> np.ndarray:
+        """(D,) int32: the row_class of permuted(order)."""
+        return order.astype(np.int32) if self.row_class is None else self.row_class[order]
 
     def in_class_order(self) -> "OutputLayer":
         """This layer with row c holding class c (itself when it already does; else W copied once)."""

@@ -70,10 +70,18 @@ def gathered_storage(A: np.ndarray, order: np.ndarray, dtype: str) -> np.ndarray
     """rows_to_storage(A[order], dtype), gathered and converted a block of rows at a time (no float32 copy of
     the gathered rows is made). order: (n,) row indices of host rows A (D, d)."""
     out = np.empty((len(order), A.shape[1]), STORED_AS[check_row_dtype(dtype)])
+    for lo, part in gathered_blocks(A, order, dtype):
+        out[lo:lo + len(part)] = part
+    return out
+
+
+def gathered_blocks(A: np.ndarray, order: np.ndarray, dtype: str):
+    """Yield (lo, rows_to_storage(A[order[lo:lo + n]], dtype)) over order in blocks of about BLOCK_BYTES of A's
+    rows: gathered_storage a block at a time, for a writer that never holds all of it."""
+    check_row_dtype(dtype)
     step = max(1, BLOCK_BYTES // max(1, A.itemsize * A.shape[1]))
     for lo in range(0, len(order), step):
-        out[lo:lo + step] = rows_to_storage(A[order[lo:lo + step]], dtype)
-    return out
+        yield lo, rows_to_storage(A[order[lo:lo + step]], dtype)
 
 
 def representable(A: np.ndarray, dtype: str) -> bool:
