@@ -71,6 +71,15 @@ def to_blocks(codes: np.ndarray) -> np.ndarray:
         n_pad // 16, r_pad // 4, 64)
 
 
+def put_slots(blocks: np.ndarray, slots: np.ndarray, codes: np.ndarray) -> None:
+    """Write int8 codes (m, r) into the slots (m,) of blocks in to_blocks' layout (n_blocks, n_quads, 64), zero
+    beyond r; no copy of blocks is made."""
+    g, n_quads, _ = blocks.shape
+    padded = np.zeros((len(slots), n_quads * 4), np.int8)
+    padded[:, :codes.shape[1]] = codes
+    blocks.reshape(g, n_quads, 16, 4)[slots // 16, :, slots % 16, :] = padded.reshape(len(slots), n_quads, 4)
+
+
 def from_blocks(blocks: np.ndarray, n: int) -> np.ndarray:
     """to_blocks undone: (n, n_quads * 4) int8 codes (the padded dimensions included)."""
     g, n_quads, _ = blocks.shape
@@ -391,21 +400,21 @@ class BucketCodes:
     @classmethod
     def encode(cls, W: np.ndarray, b: np.ndarray, buckets) -> "BucketCodes":
         """Code W's rows (minus their mean, one scale per class) into the buckets' layout, a block of rows at a
-        time written straight to the slots that hold them."""
+        time written straight to the slots that hold them (memory: the codes and a block of rows)."""
         mean = W.mean(axis=0, dtype=np.float64).astype(np.float32)
         _, slot_class = cls.layout(buckets)
         real = np.flatnonzero(slot_class >= 0)
         by_class = real[np.argsort(slot_class[real], kind="stable")]
         sorted_class = slot_class[by_class]
-        slots, scales = None, []
+        blocks = np.zeros((slot_class.size // 16, max(1, -(-W.shape[1] // 4)), 64), np.int8)
+        del real, slot_class
+        scales = []
         for lo in range(0, W.shape[0], ROW_BLOCK):
             codes, scale = quantize(W[lo:lo + ROW_BLOCK] - mean)
-            if slots is None:
-                slots = np.zeros((slot_class.size, codes.shape[1]), np.int8)
             a, z = np.searchsorted(sorted_class, [lo, lo + codes.shape[0]])
-            slots[by_class[a:z]] = codes[sorted_class[a:z] - lo]
+            put_slots(blocks, by_class[a:z], codes[sorted_class[a:z] - lo])
             scales.append(scale)
-        return cls(to_blocks(slots), np.concatenate(scales), mean, buckets, b)
+        return cls(blocks, np.concatenate(scales), mean, buckets, b)
 
     def __post_init__(self):
         block_ptr, slot_class = self.layout(self.buckets)

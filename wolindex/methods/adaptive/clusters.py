@@ -14,6 +14,7 @@ import numpy as np
 HEAD_MIN = 64
 FIRST_FACTORS = (0.125, 0.25, 0.5, 1.0, 2.0)
 GROWTH_RATIOS = (1.0, 1.25, 1.5, 2.0, 4.0)
+HIT_CELLS = 1 << 20        # (query, class) logits whose hits choose_cutoffs gathers at once (hits are int64 pairs)
 
 
 def frequency_order(counts: np.ndarray) -> np.ndarray:
@@ -83,10 +84,11 @@ def choose_cutoffs(logit_blocks, n_classes: int, k: int) -> tuple[np.ndarray, fl
                       for factor in FIRST_FACTORS for ratio in GROWTH_RATIOS] for h in heads}
     opened = {h: np.zeros(len(c), np.int64) for h, c in candidates.items()}
     n_queries = 0
-    for block in logit_blocks:          # one block's hits at a time: memory bounded by the block
-        for h in heads:
-            q, r = tail_hits(block, h, k)
-            opened[h] += [opened_rows(cutoffs, q, r, n_classes) for cutoffs in candidates[h]]
+    for block in logit_blocks:          # the hits of HIT_CELLS (query, class) pairs at a time: memory bounded
+        for part in np.array_split(block, -(-block.size // HIT_CELLS)):
+            for h in heads:
+                q, r = tail_hits(part, h, k)
+                opened[h] += [opened_rows(cutoffs, q, r, n_classes) for cutoffs in candidates[h]]
         n_queries += block.shape[0]
     best, best_cost = None, np.inf
     for h in heads:

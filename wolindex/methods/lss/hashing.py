@@ -65,6 +65,8 @@ class HashTable:
 KMEANS_SAMPLES = 5_000_000   # rows k-means passes over at most (50 epochs of 10^5 rows, 19 of 2^18)
 KMEANS_FIT_ROWS = 1 << 18    # k-means is fitted on at most this many rows (a seeded sample), then every row is
                              # assigned to its nearest centroid a block at a time: memory stays bounded
+KMEANS_FIT_SHARE = 2         # and on at most 1 / this of W's rows when that leaves 8 or more per bucket: the
+                             # normalised copy it fits stays within half of W's bytes
 ASSIGN_ROWS = 1 << 16
 
 
@@ -77,9 +79,15 @@ def kmeans_buckets(W: np.ndarray, n_buckets: int, seed: int):
     from sklearn.cluster import MiniBatchKMeans
 
     D = W.shape[0]
-    sample = np.sort(np.random.default_rng(seed).choice(D, KMEANS_FIT_ROWS, replace=False)) if D > KMEANS_FIT_ROWS \
-        else None
-    X = _unit_rows(W if sample is None else W[sample])
+    n_fit = min(D, KMEANS_FIT_ROWS)
+    if D // KMEANS_FIT_SHARE >= 8 * n_buckets:
+        n_fit = min(n_fit, D // KMEANS_FIT_SHARE)
+    sample = np.sort(np.random.default_rng(seed).choice(D, n_fit, replace=False)) if n_fit < D else None
+    if sample is None:
+        X = _unit_rows(W)
+    else:
+        X = np.asarray(W[sample], np.float32)
+        X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
     epochs = int(np.clip(KMEANS_SAMPLES // X.shape[0], 1, 50))
     km = MiniBatchKMeans(n_buckets, random_state=seed, batch_size=4096, n_init=1, max_iter=epochs).fit(X)
     centroids = km.cluster_centers_.astype(np.float32)
