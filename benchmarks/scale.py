@@ -17,7 +17,9 @@ Each (layer, method) runs in a process of its own, so its peak resident memory i
   it up): its resident memory (anonymous and file-backed) before the second load, after it, and after one
   search, over W's bytes.
 A method entry with `labels: false` is built without the data set's labels (learned methods then train on
-each training query's exact top-1).
+each training query's exact top-1); one with `save_to: true` is built straight to its file
+(wolindex.build(..., save_to=path): the rows go into the file a block at a time, never into a copy in
+memory), and its build peak includes writing the file and loading it back with mmap=True.
 One JSON file in benchmarks/results/ (scale-<date>.json), then results/scale.png redrawn: the cost per query
 against D of the synthetic layers of one width (the newest row of each layer and method over every result
 file), log-log, with sqrt(D) and D slopes drawn.
@@ -97,7 +99,8 @@ def build_job(job: dict) -> dict:
     with PeakRss() as peak:
         train_labels = ds.y_train[:H_train.shape[0]] if job["labels"] else None   # None: the exact top-1
         index = wolindex.build(W, b, method=job["method"], train=H_train, labels=train_labels,
-                               class_counts=ds.class_counts, verbose=False, **job.get("build", {}))
+                               class_counts=ds.class_counts, verbose=False,
+                               save_to=job["path"] if job["save_to"] else None, **job.get("build", {}))
     build_s = time.perf_counter() - t0
     out = {"D": W.shape[0], "d": W.shape[1], "W_bytes": W.nbytes, "train_bytes": H_train.nbytes,
            "test_bytes": H_test.nbytes, "build_s": build_s, "rss_before_data": base, "rss_with_data": data,
@@ -195,6 +198,7 @@ def main(argv=None):
                        **{key: layer[key] for key in ("dataset", "n_test") if key in layer},
                        "options": layer.get("options", {}), "n_train": layer.get("n_train", 10 ** 9),
                        "method": spec["method"], "build": spec.get("build", {}), "labels": spec.get("labels", True),
+                       "save_to": spec.get("save_to", False),
                        "path": os.path.join(tmp, f"{layer['name']}-{spec.get('label', spec['method'])}"
                                             .replace(" ", "-"))}
                 t0 = time.perf_counter()
