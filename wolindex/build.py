@@ -62,7 +62,7 @@ def build(W, b=None, method: str = "exact", *, train=None, labels=None, class_co
     built = method_cls.build(fitted, build_params, H, y, verbose)
     order = built.storage_order(fitted) if hasattr(built, "storage_order") else None
     if save_to is not None:
-        parts = built.arrays, built.state, built.default_search()
+        parts = [built.arrays, built.state, built.default_search()]
         del built, fitted          # the fitted float32 copy of 16-bit rows, released before the rows are written
         seconds = time.perf_counter() - t0
         return _saved(save_to, layer, method_cls, parts, order, dtype, build_params, seconds).to(device)
@@ -80,13 +80,16 @@ def _build_info(seconds: float) -> dict[str, Any]:
             "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
-def _saved(path, layer: OutputLayer, method_cls, parts: tuple, order: np.ndarray | None, dtype: str, build_params,
+def _saved(path, layer: OutputLayer, method_cls, parts: list, order: np.ndarray | None, dtype: str, build_params,
            seconds: float) -> Index:
-    """The built method (parts: its arrays, state and default search) over the caller's layer, written to `path`
-    with the rows in `order` and stored in `dtype` a block at a time, then loaded back with mmap=True (checked;
-    the SHA-256 just written is not read again)."""
+    """The built method (parts: [its arrays, state, default search], emptied here so that nothing holds the
+    arrays once written) over the caller's layer, written to `path` with the rows in `order` and stored in
+    `dtype` a block at a time, then loaded back with mmap=True (checked; the SHA-256 just written is not read
+    again)."""
     arrays, state, defaults = parts
+    parts.clear()
     index = Index(layer, method_cls.restore(layer, arrays, state), build_params, defaults, _build_info(seconds))
+    del arrays
     save_index(index, path, order=order, dtype=dtype)
     del index
     return load(path, mmap=True, verify=False)

@@ -40,8 +40,7 @@ def _build(a):
     layer = load_layer(a.weights, a.weight_key, bias=a.bias, bias_key=a.bias_key)
     train = read_tensor(a.train) if a.train else None
     labels = read_tensor(a.labels) if a.labels else None
-    index = build(layer, method=a.method, train=train, labels=labels, **settings)
-    index.save(a.out)
+    index = build(layer, method=a.method, train=train, labels=labels, save_to=a.out, **settings)
     print(json.dumps(index.stats(), indent=1))
 
 

@@ -62,12 +62,13 @@ class HashTable:
         self.V, self.c = params["V"], params["c"]
 
 
-KMEANS_SAMPLES = 5_000_000   # rows k-means passes over at most (50 epochs of 10^5 rows, 19 of 2^18)
+KMEANS_SAMPLES = 5_000_000   # rows k-means passes over at most (and at most 50 epochs; 19 of 2^18 rows)
 KMEANS_FIT_ROWS = 1 << 18    # k-means is fitted on at most this many rows (a seeded sample), then every row is
                              # assigned to its nearest centroid a block at a time: memory stays bounded
 KMEANS_FIT_SHARE = 2         # and on at most 1 / this of W's rows when that leaves 8 or more per bucket: the
                              # normalised copy it fits stays within half of W's bytes
-ASSIGN_ROWS = 1 << 16
+ASSIGN_ROWS = 1 << 16        # rows assigned to their nearest centroid at a time, at most ASSIGN_CELLS / B of them
+ASSIGN_CELLS = 1 << 22       # (row, centroid) scores held at once
 
 
 def _unit_rows(W: np.ndarray) -> np.ndarray:
@@ -87,15 +88,18 @@ def kmeans_buckets(W: np.ndarray, n_buckets: int, seed: int):
         X = _unit_rows(W)
     else:
         X = np.asarray(W[sample], np.float32)
-        X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+        rows = max(1, ASSIGN_CELLS // X.shape[1])
+        for lo in range(0, n_fit, rows):                 # normalised in place, ASSIGN_CELLS values at a time
+            X[lo:lo + rows] = _unit_rows(X[lo:lo + rows])
     epochs = int(np.clip(KMEANS_SAMPLES // X.shape[0], 1, 50))
     km = MiniBatchKMeans(n_buckets, random_state=seed, batch_size=4096, n_init=1, max_iter=epochs).fit(X)
     centroids = km.cluster_centers_.astype(np.float32)
     if sample is None:
         return km.labels_.astype(np.int64), centroids
     half_sq = 0.5 * (centroids * centroids).sum(axis=1)
-    labels = np.concatenate([np.argmax(_unit_rows(W[lo:lo + ASSIGN_ROWS]) @ centroids.T - half_sq, axis=1)
-                             for lo in range(0, D, ASSIGN_ROWS)])
+    step = max(1, min(ASSIGN_ROWS, ASSIGN_CELLS // n_buckets))
+    labels = np.concatenate([np.argmax(_unit_rows(W[lo:lo + step]) @ centroids.T - half_sq, axis=1)
+                             for lo in range(0, D, step)])
     return labels.astype(np.int64), centroids
 
 
