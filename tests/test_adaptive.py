@@ -239,9 +239,29 @@ def test_cutoff_helpers():
     # one query, head [0, 2), clusters [2, 4), [4, 10); the query's tail hits lie at ranks 2 and 3 only
     opened = opened_rows(np.array([2, 4]), np.array([0, 0]), np.array([2, 3]), 10)
     assert opened == 2 and ideal_opening_cost(np.array([2, 4]), opened, 1) == 2 + 2 + 2
-    logits = np.tile(np.arange(10, 0, -1, dtype=np.float32), (4, 1))   # frequency order = logit order
+    logits = np.tile(np.arange(10, 0, -1, dtype=np.float32)[:, None], (1, 4))   # frequency order = logit order
     cutoffs, cost = choose_cutoffs([logits], 10, 1)
     assert cutoffs[0] >= 1 and cost >= cutoffs[0]
+
+
+def test_log_scores_by_rank_are_the_logits_of_the_given_classes_in_order(monkeypatch):
+    """A block of queries' scores, a few rows of W at a time, land at their classes' places, on a layer stored
+    in the caller's order and on one with permuted rows, for all classes or a subset; every block is exact."""
+    from wolindex.layer import OutputLayer
+    from wolindex.methods.adaptive import gates
+
+    monkeypatch.setattr(gates, "PRODUCT_CELLS", 50)
+    monkeypatch.setattr(gates, "SCORE_CELLS", 300 * 7)
+    W, b = random_layer(300, 6, seed=51)
+    H = random_queries(40, 6, seed=52)
+    layer = OutputLayer(W, b)
+    permuted = layer.permuted(np.random.default_rng(53).permutation(300))
+    for on in (layer, permuted):
+        for classes in (np.random.default_rng(54).permutation(300), np.arange(250, 10, -3)):
+            blocks = [block.copy() for block in gates.log_scores_by_rank(on, classes, H, False, "")]
+            assert [x.shape[1] for x in blocks] == [7] * 5 + [5]
+            np.testing.assert_allclose(np.concatenate(blocks, axis=1), (H @ W[classes].T + b[classes]).T,
+                                       rtol=1e-5, atol=1e-5)
 
 
 def test_merge_topk_orders_by_score_then_label():

@@ -234,8 +234,8 @@ def test_builds_hold_little_beyond_the_permuted_copy(tmp_path, monkeypatch, meth
 
     monkeypatch.setattr(hashing, "KMEANS_FIT_ROWS", 4000)
     monkeypatch.setattr(hashing, "ASSIGN_ROWS", 2000)
-    monkeypatch.setattr(bounds, "FIT_ROWS", 2000)
-    monkeypatch.setattr(bounds, "ASSIGN_ROWS", 2000)
+    monkeypatch.setattr(bounds, "FIT_CELLS", 2000 * 64)
+    monkeypatch.setattr(bounds, "ASSIGN_CELLS", 2000 * 64)
     monkeypatch.setattr(gates, "SCORE_CELLS", 1 << 18)
     monkeypatch.setattr(gates, "W_SHARE", 1 << 30)
     monkeypatch.setattr(rows, "BLOCK_BYTES", 1 << 18)
@@ -266,8 +266,8 @@ def test_lss_kmeans_on_a_sample_assigns_every_row_to_its_nearest_centroid(monkey
 def test_adaptive_blocks_fitted_on_a_sample_partition_each_cluster(monkeypatch):
     from wolindex.methods.adaptive import bounds
 
-    monkeypatch.setattr(bounds, "FIT_ROWS", 300)
-    monkeypatch.setattr(bounds, "ASSIGN_ROWS", 500)
+    monkeypatch.setattr(bounds, "FIT_CELLS", 300 * 8)
+    monkeypatch.setattr(bounds, "ASSIGN_CELLS", 500 * 8)
     Wb = random_layer(2000, 8, seed=44)[0]
     clusters = [np.arange(0, 100), np.arange(100, 2000)]
     blocks, ptr = bounds.bounding_blocks(clusters, Wb, 64, seed=0)

@@ -136,9 +136,8 @@ class AdaptiveSoftmax(BucketMethod):
             cutoffs, source_cut = check_cutoffs(list(params.cutoffs), D), "given"
         else:
             sample = train[np.random.default_rng(params.seed).permutation(train.shape[0])[:params.cost_queries]]
-            cutoffs, _ = choose_cutoffs(
-                (np.ascontiguousarray(block.T) for block in log_scores_by_rank(layer, order, sample, verbose,
-                                                                                "adaptive: cutoffs")), D, params.cost_k)
+            cutoffs, _ = choose_cutoffs(log_scores_by_rank(layer, order, sample, verbose, "adaptive: cutoffs"), D,
+                                        params.cost_k)
             source_cut = "expected cost"
         head = int(cutoffs[0])
         starts = cutoffs - head

@@ -10,8 +10,8 @@ from .gates import log_scores
 UNIT_ROUNDOFF = 2.0 ** -24
 BLOCK_BOUNDS = ("block_radius", "block_bias_max", "block_bias_min", "block_norm_max")
 ROUTER_ARRAYS = ("gate_V", "gate_c", "block_centre") + BLOCK_BOUNDS
-FIT_ROWS = 1 << 16         # k-means of a cluster is fitted on at most max(FIT_ROWS, 8 x its blocks) of its rows
-ASSIGN_ROWS = 1 << 16      # rows assigned to their nearest centre at a time
+FIT_CELLS = 1 << 22        # k-means of a cluster is fitted on max(FIT_CELLS / d, 8 x its blocks) of its rows at most
+ASSIGN_CELLS = 1 << 22     # row values assigned to their nearest centre at a time (ASSIGN_CELLS / d rows)
 
 
 def bounding_blocks(cluster_rows: list[np.ndarray], W: np.ndarray, block: int, seed: int):
@@ -25,16 +25,18 @@ def bounding_blocks(cluster_rows: list[np.ndarray], W: np.ndarray, block: int, s
 
     blocks, ptr = [], [0]
     rng = np.random.default_rng(seed)
+    d = W.shape[1]
     for rows in cluster_rows:
         n_blocks = -(-rows.size // block)
         if n_blocks == 1:
             blocks.append(rows)
         else:
-            fit_rows = max(FIT_ROWS, 8 * n_blocks)
+            fit_rows = max(FIT_CELLS // d, 8 * n_blocks)
             sample = rows if rows.size <= fit_rows else np.sort(rng.choice(rows, fit_rows, replace=False))
-            km = KMeans(n_blocks, init="random", n_init=1, max_iter=20, random_state=seed).fit(W[sample])
-            assign = np.concatenate([km.predict(W[rows[lo:lo + ASSIGN_ROWS]])
-                                     for lo in range(0, rows.size, ASSIGN_ROWS)])
+            km = KMeans(n_blocks, init="random", n_init=1, max_iter=20, random_state=seed,
+                        copy_x=False).fit(W[sample])        # W[sample] is a copy already
+            step = max(1, ASSIGN_CELLS // d)
+            assign = np.concatenate([km.predict(W[rows[lo:lo + step]]) for lo in range(0, rows.size, step)])
             grouped = rows[np.argsort(assign, kind="stable")]
             ends = np.searchsorted(np.sort(assign), np.arange(n_blocks + 1))
             blocks.extend(grouped[a:z] for a, z in zip(ends[:-1], ends[1:]) if z > a)

@@ -66,10 +66,10 @@ def opened_rows(cutoffs: np.ndarray, hit_query: np.ndarray, hit_rank: np.ndarray
 
 
 def tail_hits(logits_by_rank: np.ndarray, head: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """logits_by_rank (n, D) in frequency order -> (query, rank) of the tail classes whose logit reaches
-    the k-th best logit of the head."""
-    kth = -np.partition(-logits_by_rank[:, :head], min(k, head) - 1, axis=1)[:, min(k, head) - 1]
-    query, tail_rank = np.nonzero(logits_by_rank[:, head:] >= kth[:, None])
+    """logits_by_rank (D, n) class-major, in frequency order -> (query, rank) of the tail classes whose logit
+    reaches the k-th best logit of the head."""
+    kth = -np.partition(-logits_by_rank[:head], min(k, head) - 1, axis=0)[min(k, head) - 1]
+    tail_rank, query = np.nonzero(logits_by_rank[head:] >= kth)
     return query, tail_rank + head
 
 
@@ -77,19 +77,20 @@ def choose_cutoffs(logit_blocks, n_classes: int, k: int) -> tuple[np.ndarray, fl
     """Geometric cutoffs of least expected cost (the paper's criterion, with the probability that a
     cluster must be opened measured on sample queries instead of taken from word frequencies) over a
     grid of head sizes (powers of two from HEAD_MIN), first tail cluster sizes (FIRST_FACTORS x head) and
-    growth ratios (GROWTH_RATIOS). logit_blocks: an iterable of (n_i, D) logits in frequency order.
-    Returns the cutoffs and their expected rows scored per query."""
+    growth ratios (GROWTH_RATIOS). logit_blocks: an iterable of (D, n_i) class-major logits in frequency
+    order. Returns the cutoffs and their expected rows scored per query."""
     heads = [h for h in (HEAD_MIN << i for i in range(40)) if h < n_classes] or [max(1, n_classes // 2)]
     candidates = {h: [geometric_cutoffs(n_classes, h, max(1, int(factor * h)), ratio)
                       for factor in FIRST_FACTORS for ratio in GROWTH_RATIOS] for h in heads}
     opened = {h: np.zeros(len(c), np.int64) for h, c in candidates.items()}
     n_queries = 0
     for block in logit_blocks:          # the hits of HIT_CELLS (query, class) pairs at a time: memory bounded
-        for part in np.array_split(block, -(-block.size // HIT_CELLS)):
+        step = max(1, HIT_CELLS // block.shape[0])
+        for lo in range(0, block.shape[1], step):
             for h in heads:
-                q, r = tail_hits(part, h, k)
+                q, r = tail_hits(block[:, lo:lo + step], h, k)
                 opened[h] += [opened_rows(cutoffs, q, r, n_classes) for cutoffs in candidates[h]]
-        n_queries += block.shape[0]
+        n_queries += block.shape[1]
     best, best_cost = None, np.inf
     for h in heads:
         for cutoffs, rows in zip(candidates[h], opened[h]):

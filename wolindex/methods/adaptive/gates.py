@@ -9,6 +9,7 @@ from ..._numeric import with_one_column
 QUERY_BLOCK = 512          # training queries per product while fitting
 SCORE_CELLS = 1 << 22      # (query, class) scores held at once: up to this many, or up to D d / W_SHARE
 W_SHARE = 8                # when that is more (each product over W then serves >= d / W_SHARE queries)
+PRODUCT_CELLS = 1 << 20    # (class, query) scores per product while scoring a block of queries
 
 
 def log_scores(outputs, square: bool, epsilon: float, xp=np):
@@ -30,17 +31,30 @@ def query_block(layer) -> int:
 
 def log_scores_by_rank(layer, classes, H, verbose, desc):
     """Yield (D', n) float32 log-scores, class-major: the classes (D',) in the given (frequency) order against
-    a block of H's queries (query_block(layer) each). The layer's rows are read where they are, never copied;
-    the scores are gathered by whole rows of n (a column gather of an (n, D) block is several times slower)."""
+    a block of H's queries (query_block(layer) each), every block in the same array (a consumer may
+    overwrite it, and must copy what it keeps). The layer's rows are read where they are, never copied:
+    PRODUCT_CELLS scores are computed at a time and written by whole rows of n to their classes' places (a
+    column gather of an (n, D) block is several times slower)."""
     from tqdm.auto import tqdm
 
-    rows = layer.rows_of(classes)
-    bias = layer.b[rows][:, None]
+    place = np.full(layer.W.shape[0], -1, np.int64)
+    place[layer.rows_of(classes)] = np.arange(classes.shape[0])
     step = query_block(layer)
+    scores = np.empty((classes.shape[0], min(step, H.shape[0])), np.float32)
+    rows = max(1, PRODUCT_CELLS // scores.shape[1])
     for lo in tqdm(range(0, H.shape[0], step), desc=desc, disable=not verbose, unit="block"):
-        scores = (layer.W @ H[lo:lo + step].T)[rows]
-        scores += bias
-        yield log_scores(scores, layer.square, layer.epsilon)
+        Ht = H[lo:lo + step].T
+        out = scores[:, :Ht.shape[1]]
+        for a in range(0, place.size, rows):
+            wanted = place[a:a + rows]
+            part = layer.W[a:a + rows] @ Ht
+            part += layer.b[a:a + rows, None]
+            keep = wanted >= 0
+            if keep.all():
+                out[wanted] = part
+            else:
+                out[wanted[keep]] = part[keep]
+        yield log_scores(out, layer.square, layer.epsilon)
 
 
 def _cluster_targets(logits: np.ndarray, starts: np.ndarray, target: str) -> np.ndarray:
