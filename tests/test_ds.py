@@ -177,3 +177,28 @@ def test_restore_refuses_a_rehomed_class_past_the_layer(index):
             method.restore(index.layer, arrays, state)
     arrays["rehomed"] = np.array([W.shape[0] - 1], np.int32)
     method.restore(index.layer, arrays, state)
+
+
+def test_expert_step_in_blocks_of_queries_equals_one_block(monkeypatch):
+    """An expert's loss and gradients computed LOSS_CELLS logits at a time (here a few queries at a time)
+    equal those of one pass over all its queries; the balanced assignment scanned in blocks of rows equals
+    the one of a single block, and respects the capacity."""
+    from wolindex.layer import OutputLayer
+    from wolindex.methods.ds import DSBuild, training
+    from wolindex.teacher import teacher_topk
+
+    Hq = H_TRAIN[:300]
+    t_labels, t_probs = teacher_topk(OutputLayer(W, B), Hq, 10, False)
+    trainer = training.DSTrainer(W, B, Hq, t_labels[:, 0], t_labels, t_probs, DSBuild(n_experts=2))
+    e = trainer.experts[0]
+    gate = np.linspace(0.2, 1.0, Hq.shape[0]).astype(np.float32)
+    affinity = np.random.default_rng(6).standard_normal((90, 7)).astype(np.float32)
+    whole = trainer._expert_gradient(e, Hq, gate, np.arange(Hq.shape[0]))
+    home = training._balanced_assignment(affinity, capacity=13)
+    monkeypatch.setattr(training, "LOSS_CELLS", 7 * e.classes.size)
+    parts = trainer._expert_gradient(e, Hq, gate, np.arange(Hq.shape[0]))
+    np.testing.assert_allclose(parts[0], whole[0], rtol=1e-5)
+    for got, want in zip(parts[1:], whole[1:]):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())   # GEMMs of other shapes
+    np.testing.assert_array_equal(training._balanced_assignment(affinity, capacity=13), home)
+    assert np.bincount(home, minlength=7).max() <= 13

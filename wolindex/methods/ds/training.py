@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from . import DSBuild
 
 RMS_DECAY = 0.99
+LOSS_CELLS = 1 << 21       # (query, class) logits of an expert's forward and backward pass held at once
 BALANCE_TEMPERATURE = 4.0
 
 
@@ -165,8 +166,13 @@ class DSTrainer:
         means = np.zeros((K, self.H.shape[1]), np.float64)
         np.add.at(means, route, self.H)
         means = (means / np.maximum(counts, 1)[:, None]).astype(np.float32)
-        affinity = self.W[orphans] @ means.T + self.b[orphans, None]
-        home = _balanced_assignment(affinity, capacity=-(-orphans.size // K))
+        affinity = np.empty((orphans.size, K), np.float32)
+        step = max(1, LOSS_CELLS // self.W.shape[1])
+        for lo in range(0, orphans.size, step):
+            some = orphans[lo:lo + step]
+            np.matmul(self.W[some], means.T, out=affinity[lo:lo + step])
+            affinity[lo:lo + step] += self.b[some, None]
+        home = _balanced_assignment(affinity, capacity=-(-orphans.size // K), overwrite=True)
         for e_id in np.unique(home):
             add = orphans[home == e_id]
             zero_rows = np.zeros((add.size, self.W.shape[1]), np.float32)
@@ -220,38 +226,62 @@ class DSTrainer:
                 e.owed_shrink += shrink
                 continue
             self._catch_up(e)
-            Hq = Hb[q]
-            raw, dz, log_likelihood = self._expert_loss(e, Hq, G[q], rows[q])
+            log_likelihood, dG_e, gV, gb = self._expert_gradient(e, Hb[q], G[q], rows[q])
             loss -= log_likelihood
-            dG[q] = (dz * raw).sum(axis=1) / B
-            self._proximal_step(e, Hq, G[q], dz)
+            dG[q] = dG_e / B
+            self._proximal_step(e, gV, gb)
             self._shrink(e, shrink)
         return dG, loss
 
+    def _expert_gradient(self, e: Expert, Hq, Gq, rows):
+        """Expert e on its queries Hq (n, d) with kept gate values Gq (n,), LOSS_CELLS (query, class) logits
+        at a time: the summed log-likelihood of the targets, d loss / d G (n,) times the batch size, and the
+        mean gradient of the expert's rows gV (n_e, d) and biases gb (n_e,) over the n queries."""
+        n, n_e = Hq.shape[0], e.classes.size
+        dG = np.empty(n, np.float32)
+        gV = gb = None
+        log_likelihood = 0.0
+        step = max(1, LOSS_CELLS // n_e)
+        for lo in range(0, n, step):
+            part = slice(lo, lo + step)
+            raw, dz, part_ll = self._expert_loss(e, Hq[part], Gq[part], rows[part])
+            log_likelihood += part_ll
+            dG[part] = (dz * raw).sum(axis=1)
+            dz *= Gq[part, None]                             # d loss / d raw, averaged over the n queries
+            dz /= n
+            part_gV, part_gb = dz.T @ Hq[part], dz.sum(axis=0)
+            if gV is None:
+                gV, gb = part_gV, part_gb
+            else:
+                gV += part_gV
+                gb += part_gb
+        return log_likelihood, dG, gV, gb
+
     def _expert_loss(self, e: Expert, Hq, Gq, rows):
-        """Expert e's forward pass on its queries Hq (n, d) with kept gate values Gq (n,): its raw logits
+        """Expert e's forward pass on queries Hq (n, d) with kept gate values Gq (n,): its raw logits
         (n, n_e), d loss / d (scaled logits) (n, n_e) and the summed log-likelihood of the targets (pruned
         classes count as zero rows, logit 0)."""
         target_mass = self.cfg.distill_weight + (self.cfg.label_weight if self.labels is not None else 0.0)
-        raw = Hq @ e.V.T + e.bias
+        raw = Hq @ e.V.T
+        raw += e.bias
         z = Gq[:, None] * raw
         top = np.maximum(z.max(axis=1, keepdims=True), 0.0)
-        ez = np.exp(z - top)
-        e_pruned = np.exp(-top)  # each pruned class: a zero row, logit 0
-        Z = ez.sum(axis=1, keepdims=True) + (self.n_classes - e.classes.size) * e_pruned
-        p = ez / Z
+        z -= top
+        p = np.exp(z)
+        Z = p.sum(axis=1, keepdims=True) + (self.n_classes - e.classes.size) * np.exp(-top)  # pruned: logit 0
         T = self._targets(e, rows)
-        t_pruned = target_mass - T.sum(axis=1, keepdims=True)
         log_z = np.log(Z)
-        log_likelihood = float((T * (z - top - log_z)).sum() + (t_pruned * (-top - log_z)).sum())
-        return raw, target_mass * p - T, log_likelihood
+        t_pruned = target_mass - T.sum(axis=1, keepdims=True)
+        log_likelihood = float(np.vdot(T, z) - (T.sum(axis=1, keepdims=True) * log_z).sum()
+                               + (t_pruned * (-top - log_z)).sum())
+        p /= Z
+        p *= target_mass
+        p -= T
+        return raw, p, log_likelihood
 
-    def _proximal_step(self, e: Expert, Hq, Gq, dz) -> None:
+    def _proximal_step(self, e: Expert, gV, gb) -> None:
         """The gradient half of e's proximal RMSProp step (the lasso shrink follows): rows move by
-        -lr g_r / P_r, the expert's rows seeing the mean over its own queries."""
-        draw = Gq[:, None] * dz / Hq.shape[0]
-        gV = draw.T @ Hq
-        gb = draw.sum(axis=0)
+        -lr g_r / P_r, g_r being the row's gradient (gV, gb) averaged over the expert's queries."""
         g_norm2 = (gV.astype(np.float64) ** 2).sum(axis=1) + gb.astype(np.float64) ** 2
         e.sq = RMS_DECAY * e.sq + (1 - RMS_DECAY) * g_norm2
         e.steps += 1
@@ -402,18 +432,19 @@ def _importance_loss(logits: np.ndarray, weight: float) -> tuple[np.ndarray, flo
     return d_logits, weight * float(importance.var() / (mu * mu))
 
 
-def _balanced_assignment(affinity: np.ndarray, capacity: int) -> np.ndarray:
+def _balanced_assignment(affinity: np.ndarray, capacity: int, overwrite: bool = False) -> np.ndarray:
     """(n, K) scores -> (n,) column per row, each column used at most `capacity` times (n <= K * capacity):
     in rounds, every unassigned row proposes its best column that still has room, and each column accepts
-    its highest-scoring proposals up to its room."""
+    its highest-scoring proposals up to its room. overwrite: the scores may be overwritten (no copy)."""
     n, K = affinity.shape
     home = np.full(n, -1, np.int64)
     room = np.full(K, capacity, np.int64)
-    score = affinity.astype(np.float64).copy()
+    score = affinity if overwrite else affinity.copy()
+    step = max(1, LOSS_CELLS // K)
     while (home < 0).any():
         todo = np.flatnonzero(home < 0)
         score[:, room == 0] = -np.inf
-        choice = np.argmax(score[todo], axis=1)
+        choice = np.concatenate([score[todo[lo:lo + step]].argmax(axis=1) for lo in range(0, todo.size, step)])
         order = np.lexsort((-score[todo, choice], choice))
         todo, choice = todo[order], choice[order]
         first = np.searchsorted(choice, choice)  # first proposal to the same column
