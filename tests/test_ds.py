@@ -182,7 +182,8 @@ def test_restore_refuses_a_rehomed_class_past_the_layer(index):
 def test_expert_step_in_blocks_of_queries_equals_one_block(monkeypatch):
     """An expert's loss and gradients computed LOSS_CELLS logits at a time (here a few queries at a time)
     equal those of one pass over all its queries; the balanced assignment scanned in blocks of rows equals
-    the one of a single block, and respects the capacity."""
+    the one of a single block, and respects the capacity; the training queries are routed in blocks as
+    all at once."""
     from wolindex.layer import OutputLayer
     from wolindex.methods.ds import DSBuild, training
     from wolindex.teacher import teacher_topk
@@ -200,5 +201,8 @@ def test_expert_step_in_blocks_of_queries_equals_one_block(monkeypatch):
     np.testing.assert_allclose(parts[0], whole[0], rtol=1e-5)
     for got, want in zip(parts[1:], whole[1:]):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())   # GEMMs of other shapes
+    trainer.gate.params["U"] = np.random.default_rng(7).standard_normal((2, DIM)).astype(np.float32)
+    monkeypatch.setattr(training, "LOSS_CELLS", 2 * 50)
     np.testing.assert_array_equal(training._balanced_assignment(affinity, capacity=13), home)
     assert np.bincount(home, minlength=7).max() <= 13
+    np.testing.assert_array_equal(trainer.route_training(), trainer.gate.route(Hq, 1)[:, 0])

@@ -318,7 +318,7 @@ class DSTrainer:
         perturbs the twins' gates; a data-driven perturbation makes the split reproducible and balanced)."""
         self.settle_all()
         feats = self.gate.features(self.H)
-        route = self.gate.route(self.H, 1)[:, 0]
+        route = self.route_training()
         dim = feats.shape[1]
         directions = np.zeros((len(self.experts), dim), np.float32)
         centres = np.zeros((len(self.experts), dim), np.float32)
@@ -384,9 +384,15 @@ class DSTrainer:
         if not all(np.isfinite(p).all() for p in self.gate.params.values()):
             raise ValueError("expert_lr, gate_lr, split_margin: DS training diverged (non-finite gate weights); "
                              "try smaller values")
-        route = self.gate.route(self.H, 1)[:, 0]
+        route = self.route_training()
         self.completed = self.complete_supports(route)
         self.rehomed = self.rehome_orphans(route)
+
+    def route_training(self) -> np.ndarray:
+        """(N,) each training query's expert (the gate's top-1), LOSS_CELLS gate logits at a time."""
+        step = max(1, LOSS_CELLS // len(self.experts))
+        return np.concatenate([self.gate.route(self.H[lo:lo + step], 1)[:, 0]
+                               for lo in range(0, self.H.shape[0], step)])
 
     def complete_supports(self, route: np.ndarray) -> int:
         """Our addition to the paper (complete_k > 0): add to the expert each training query is routed to
