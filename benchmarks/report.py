@@ -369,19 +369,19 @@ def scale_block(results: Path = RESULTS) -> str:
     """benchmarks/scale.py: memory and cost per query by layer and method, the newest row of each pair over
     every scale result file."""
     found = newest_rows(results)
-    rows = {key: r for key, (r, _) in found.items()}
     sources = dict.fromkeys(path for _, path in found.values())
-    result = json.loads(list(sources)[-1].read_text())
-    lines = [f"{result['machine']['cpu']}, {result['threads']} threads, float32; each (layer, method) "
+    results_of = {path: json.loads(path.read_text()) for path in sources}
+    result = results_of[list(sources)[-1]]
+    lines = [f"{result['threads']} threads, float32, on the CPU of each row's result file; each (layer, method) "
              "in its own process; tuned to P@1 >= 0.99 on half the held-out queries, P@1 and speed on the other "
              "half, speed against exact in the same process (median after warm-up); memory over W's bytes: the "
              "build's peak resident memory above the loaded data, the index without / with its int8 screening "
              "codes, and what load(mmap=True) adds to resident memory (anonymous / all) before the first search; "
              "from " + ", ".join(source_link(p) for p in sources) + ".", "",
-             "| layer | method | tuned setting | P@1 | classes scored | ms/query exact | ms/query | x exact b1 | "
+             "| layer | method | CPU | tuned setting | P@1 | classes scored | ms/query exact | ms/query | x exact b1 | "
              "x exact b256 | build s | build peak | index | + codes | mmap load adds |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for (layer, label), r in rows.items():
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for (layer, label), (r, path) in found.items():
         tuned = r.get("tuned", {})
         if "chosen" not in tuned:
             settings = "none met the target: defaults"
@@ -390,7 +390,8 @@ def scale_block(results: Path = RESULTS) -> str:
                 (" (exact search faster)" if tuned.get("search_exactly") else "")
         codes = r.get("screen_codes_bytes", 0) / r["W_bytes"]
         plain = r.get("index_without_codes_over_W", r["index_over_W"])
-        lines.append(f"| {layer} | {label} | {settings} | {r['P@1']:.4f} | {r['candidates']:,.0f} | "
+        lines.append(f"| {layer} | {label} | {results_of[path]['machine']['cpu']} | {settings} | {r['P@1']:.4f} | "
+                     f"{r['candidates']:,.0f} | "
                      f"{r['exact_ms_b1']:.2f} | {r['ms_b1']:.3f} | {r['speedup_b1']:.2f} | {r['speedup_b256']:.2f} | "
                      f"{r['build_s']:.0f} | {r['build_peak_over_W']:.2f}x | {plain:.2f}x | {codes:.2f}x | "
                      f"{r['load_added_anon_over_W']:.3f}x / {r['load_added_over_W']:.3f}x |")

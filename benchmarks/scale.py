@@ -229,8 +229,9 @@ def main(argv=None):
 
 def plot(results: Path = RESULTS, dim: int = 512) -> Path | None:
     """results/scale.png: milliseconds per query at batch 1 against D (the synthetic layers of width dim,
-    newest_rows over every result file), each method and exact, log-log, with sqrt(D) and D slopes through
-    exact's first point. None when fewer than two such D have been measured."""
+    newest_rows over every result file, those timed on the CPU most of them ran on), each method and exact,
+    log-log, with sqrt(D) and D slopes through exact's first point. None when fewer than two such D have
+    been measured."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -239,6 +240,9 @@ def plot(results: Path = RESULTS, dim: int = 512) -> Path | None:
 
     found = [(r, path) for (layer, _), (r, path) in newest_rows(results).items()
              if r.get("d") == dim and layer.startswith("synthetic") and "ms_b1" in r]
+    cpus = [json.loads(path.read_text())["machine"]["cpu"] for _, path in found]
+    cpu = max(set(cpus), key=cpus.count)          # times from one kind of CPU only
+    found = [(r, path) for (r, path), c in zip(found, cpus) if c == cpu]
     rows = [r for r, _ in found]
     if len({r["D"] for r in rows}) < 2:
         return None
@@ -254,7 +258,7 @@ def plot(results: Path = RESULTS, dim: int = 512) -> Path | None:
     ax.plot(Ds, ms0 * Ds / D0, "k:", lw=1, label="slope D")
     ax.plot(Ds, ms0 * np.sqrt(Ds / D0) / 10, "k--", lw=1, label="slope sqrt(D)")
     ax.set(xscale="log", yscale="log", xlabel="classes D", ylabel="ms per query (batch 1)",
-           title=f"synthetic layers, d = {dim}, each tuned to P@1 >= {' / '.join(map(str, targets))}")
+           title=f"synthetic layers, d = {dim}, each tuned to P@1 >= {' / '.join(map(str, targets))}\n{cpu}")
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = results / "scale.png"
