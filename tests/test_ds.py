@@ -201,8 +201,8 @@ def test_expert_step_in_blocks_of_queries_equals_one_block(monkeypatch):
     np.testing.assert_allclose(parts[0], whole[0], rtol=1e-5)
     for got, want in zip(parts[1:], whole[1:]):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())   # GEMMs of other shapes
-    trainer.gate.params["U"] = np.random.default_rng(7).standard_normal((2, DIM)).astype(np.float32)
     monkeypatch.setattr(training, "LOSS_CELLS", 2 * 50)
     np.testing.assert_array_equal(training._balanced_assignment(affinity, capacity=13), home)
     assert np.bincount(home, minlength=7).max() <= 13
+    trainer.gate.params["U"] = np.random.default_rng(7).standard_normal((2, DIM)).astype(np.float32)
     np.testing.assert_array_equal(trainer.route_training(), trainer.gate.route(Hq, 1)[:, 0])

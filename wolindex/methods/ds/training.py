@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from . import DSBuild
 
 RMS_DECAY = 0.99
-LOSS_CELLS = 1 << 21       # (query, class) logits of an expert's forward and backward pass held at once
+LOSS_CELLS = 1 << 21       # values a block of training holds at once: (query, class) logits, gate logits, rows
 BALANCE_TEMPERATURE = 4.0
 
 
