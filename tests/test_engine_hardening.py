@@ -1,8 +1,11 @@
 """Engine entry points check what they are handed (class ids, buckets, packed rows, shapes, dtypes) before a
 kernel reads it: a bad argument is a ValueError / TypeError naming it, never an out-of-bounds access."""
+import tracemalloc
+
 import numpy as np
 import pytest
 
+from wolindex.engine import buckets as buckets_module
 from wolindex.engine import Buckets, PackedRows, candidate_topk, exact_topk, rescore_topk
 from helpers import random_layer, random_queries
 
@@ -55,6 +58,31 @@ def test_buckets_are_checked_against_each_layer_they_meet():
     candidate_topk(W, B, H, 2, buckets, PROBES)
     with pytest.raises(ValueError, match=r"class ids must lie in \[0, 40\)"):
         candidate_topk(W[:40], B[:40], H, 2, buckets, PROBES)
+
+
+@pytest.mark.parametrize("check_entries", [1, 7, 1 << 16])
+def test_a_class_twice_in_one_bucket_is_found_wherever_the_check_blocks_fall(monkeypatch, check_entries):
+    """Runs of whole buckets are checked at a time: a repeat is found in a short bucket inside a run and in a
+    bucket longer than a run; the same class in two buckets is not a repeat."""
+    monkeypatch.setattr(buckets_module, "CHECK_ENTRIES", check_entries)
+    lists = [np.arange(i % 5) for i in range(40)] + [np.arange(30)]
+    Buckets.from_lists(lists).validate(50)
+    for where in (3, 22, 40):
+        bad = list(lists)
+        bad[where] = np.append(bad[where], 0) if where != 3 else np.array([2, 1, 2])
+        with pytest.raises(ValueError, match="holds the same class id twice"):
+            Buckets.from_lists(bad).validate(50)
+
+
+def test_checking_many_buckets_takes_memory_of_one_run_not_of_all_entries():
+    buckets = Buckets.from_lists([np.arange(i, i + 8) for i in range(1 << 17)])   # 2^20 entries
+    tracemalloc.start()
+    try:
+        buckets.validate((1 << 17) + 8)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 24 * buckets_module.CHECK_ENTRIES + buckets.indptr.nbytes, peak   # all at once: 40 bytes an entry
 
 
 def test_candidate_topk_validates_packed_rows():

@@ -101,10 +101,11 @@ def test_saved_index_holds_the_permuted_rows(tmp_path, built, with_layer):
 
 
 MMAP_CASES = [("adaptive", dict(cutoffs=[400, 4000])), ("lss", dict(n_buckets=64, n_tables=2, rounds=1)),
-              ("lss", dict(n_buckets=64, n_tables=2, rounds=1, screen=True)), ("screen", {})]
+              ("lss", dict(n_buckets=64, n_tables=2, rounds=1, screen=True)), ("screen", {}),
+              ("ds", dict(n_experts=8, epochs_per_stage=0.2, final_epochs=0.2, distill_k=4, complete_k=1))]
 
 
-@pytest.fixture(scope="module", params=MMAP_CASES, ids=["adaptive", "lss", "lss+screen", "screen"])
+@pytest.fixture(scope="module", params=MMAP_CASES, ids=["adaptive", "lss", "lss+screen", "screen", "ds"])
 def saved(request, tmp_path_factory):
     """(path of a saved index of a 40,000 x 256 layer, W's bytes), per case of MMAP_CASES."""
     method, build = request.param

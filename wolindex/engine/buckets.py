@@ -7,6 +7,8 @@ import numpy as np
 
 from ..rows import STORAGE
 
+CHECK_ENTRIES = 1 << 16   # bucket entries validate checks for repeats at a time
+
 
 @dataclass(frozen=True)
 class Buckets:
@@ -49,16 +51,31 @@ class Buckets:
         if self.indptr.dtype != np.int64 or self.indices.dtype != np.int32:
             raise TypeError("buckets: indptr must be int64 and indices int32")
         if self.indptr[0] != 0 or self.indptr[-1] != self.indices.shape[0] or self.indptr.min() < 0 \
-                or self.indptr.max() > self.indices.shape[0] or np.any(np.diff(self.indptr) < 0):
+                or self.indptr.max() > self.indices.shape[0] \
+                or np.any(self.indptr[1:] < self.indptr[:-1]):
             raise ValueError("buckets: indptr must start at 0, be non-decreasing and end at len(indices)")
         if self.indices.size and (self.indices.min() < 0 or self.indices.max() >= n_classes):
             raise ValueError(f"buckets: class ids must lie in [0, {n_classes})")
-        owner = np.repeat(np.arange(self.n_buckets), self.sizes())
-        order = np.lexsort((self.indices, owner))
-        same = (owner[order][1:] == owner[order][:-1]) & (self.indices[order][1:] == self.indices[order][:-1])
-        if same.any():
+        if self._repeats_a_class(n_classes):
             raise ValueError("buckets: a bucket holds the same class id twice")
         object.__setattr__(self, "_valid_for", n_classes)
+
+    def _repeats_a_class(self, n_classes: int) -> bool:
+        """Whether some bucket holds a class id twice: checked on runs of whole buckets of about CHECK_ENTRIES
+        entries (a longer bucket alone), so the check's memory follows the longest bucket, not nnz."""
+        lo, B = 0, self.n_buckets
+        while lo < B:
+            start = self.indptr[lo]
+            hi = min(B, max(lo + 1, int(np.searchsorted(self.indptr, start + CHECK_ENTRIES, side="right")) - 1))
+            ids = self.indices[start:self.indptr[hi]]
+            if hi - lo > 1:   # (bucket, class) as one int64 key
+                owner = np.repeat(np.arange(hi - lo, dtype=np.int64), np.diff(self.indptr[lo:hi + 1]))
+                ids = owner * n_classes + ids
+            keys = np.sort(ids)
+            if np.any(keys[1:] == keys[:-1]):
+                return True
+            lo = hi
+        return False
 
     def check(self, n_classes: int) -> None:
         """validate(n_classes) unless these buckets already passed it (their arrays must not change after)."""
