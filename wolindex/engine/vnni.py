@@ -5,9 +5,10 @@ Codes are int8, laid out for AVX-512 VNNI: ``blocks`` (n_blocks, n_quads, 64), w
 plus 128) packed four to an int32: ``quads`` (N, n_quads). A tile writes, for each query i of the tile and
 class j of block g, the exact int32 sum over the dimensions of (query byte) * (class code) to ``out[i, j]``.
 
-With AVX-512 VNNI the tile is one ``vpdpbusd`` per (query, four dimensions), written in LLVM IR (Numba does
-not emit it by itself); elsewhere a plain Numba loop computes the same integers. Both are exact: the sums fit
-int32 for at most SCREEN_MAX_QUADS quads (255 * 127 * 4 * SCREEN_MAX_QUADS < 2**31)."""
+With AVX-512 VNNI the tile is one ``vpdpbusd`` per (query, four dimensions); with AVX2 only, four
+``vpmaddwd`` on the codes widened to int16; both written in LLVM IR (Numba emits neither by itself). Elsewhere
+a plain Numba loop computes the same integers. All are exact: the sums fit int32 for at most SCREEN_MAX_QUADS
+quads (255 * 127 * 4 * SCREEN_MAX_QUADS < 2**31)."""
 from __future__ import annotations
 
 import numpy as np
@@ -26,64 +27,143 @@ def host_has_vnni() -> bool:
     return bool(features.get("avx512vnni")) and bool(features.get("avx512bw"))
 
 
-def _make_vnni_tile(n_queries: int, n_blocks: int):
+def host_has_avx2() -> bool:
+    """Whether this CPU runs AVX2 (vpmaddwd on 256-bit registers)."""
+    return bool(binding.get_host_cpu_features().get("avx2"))
+
+
+_B64 = ir.VectorType(ir.IntType(8), 64)
+_W16 = ir.VectorType(ir.IntType(16), 16)
+_V8 = ir.VectorType(_I32, 8)
+
+
+class _Vnni:
+    """A (query, block) pair's sums in one int32 x 16 register, one vpdpbusd per quad."""
+    accumulators = 1
+    acc_type = _V16
+    blocks_per_pass = 0     # all of a tile's blocks in one loop
+
+    def __init__(self, builder):
+        self.builder = builder
+        self.dot = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16, [_V16, _V16, _V16]),
+                                                  "llvm.x86.avx512.vpdpbusd.512")
+
+    def codes(self, code):
+        return [self.builder.bitcast(code, _V16)]
+
+    def query(self, quad):
+        splat = self.builder.insert_element(ir.Constant(_V16, None), quad, ir.Constant(_I32, 0))
+        return self.builder.shuffle_vector(splat, ir.Constant(_V16, None), ir.Constant(_V16, [0] * 16))
+
+    def step(self, acc, codes, query):
+        return self.builder.call(self.dot, [acc, query, codes])
+
+    def sums(self, accs):
+        return accs[0]
+
+
+class _Avx2:
+    """A (query, block) pair's sums in four int32 x 8 registers, one per four classes: the codes widened to
+    int16 and vpmaddwd against the query's four bytes (no saturation: 255 * 127 * 2 fits int32), the pairs of
+    dimensions added at the end."""
+    accumulators = 4
+    acc_type = _V8
+    blocks_per_pass = 1     # a block's four accumulators per query: 16 of AVX2's 16 registers at 4 queries
+
+    def __init__(self, builder):
+        self.builder = builder
+        self.madd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V8, [_W16, _W16]),
+                                                   "llvm.x86.avx2.pmadd.wd")
+
+    def codes(self, code):
+        b = self.builder
+        return [b.sext(b.shuffle_vector(code, code, ir.Constant(_V16, list(range(16 * p, 16 * p + 16)))), _W16)
+                for p in range(4)]
+
+    def query(self, quad):
+        b = self.builder
+        four = b.zext(b.bitcast(quad, ir.VectorType(ir.IntType(8), 4)), ir.VectorType(ir.IntType(16), 4))
+        return b.shuffle_vector(four, four, ir.Constant(_V16, [0, 1, 2, 3] * 4))
+
+    def step(self, acc, codes, query):
+        return self.builder.add(acc, self.builder.call(self.madd, [codes, query]))
+
+    def sums(self, accs):
+        b = self.builder
+        evens, odds = ir.Constant(_V8, list(range(0, 16, 2))), ir.Constant(_V8, list(range(1, 16, 2)))
+        halves = [b.add(b.shuffle_vector(x, y, evens), b.shuffle_vector(x, y, odds))
+                  for x, y in (accs[0:2], accs[2:4])]
+        return b.shuffle_vector(halves[0], halves[1], ir.Constant(_V16, list(range(16))))
+
+
+def _make_tile(n_queries: int, n_blocks: int, isa):
     """An intrinsic tile(blocks, g, quads, q0, out): out[i * n_blocks + a, :16] = the int32 dot products of
-    block g + a with query q0 + i, for i < n_queries and a < n_blocks (see the module docstring): as many
-    independent accumulator chains, so that the instruction's latency is hidden."""
+    block g + a with query q0 + i, for i < n_queries and a < n_blocks (see the module docstring), on isa
+    (_Vnni or _Avx2): as many independent accumulator chains as fit its registers, so that the instructions'
+    latency is hidden (isa.blocks_per_pass blocks per loop over the quads)."""
 
     @intrinsic
     def tile(typingctx, blocks, g, quads, q0, out):
         sig = types.void(blocks, g, quads, q0, out)
 
         def codegen(context, builder, signature, args):
-            code_arr = context.make_array(signature.args[0])(context, builder, args[0])
-            quad_arr = context.make_array(signature.args[2])(context, builder, args[2])
-            out_arr = context.make_array(signature.args[4])(context, builder, args[4])
-            g_val, q0_val = args[1], args[3]
-            n_quads = builder.extract_value(code_arr.shape, 1)
-            row_len = builder.extract_value(quad_arr.shape, 1)
-            dot = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16, [_V16, _V16, _V16]),
-                                                 "llvm.x86.avx512.vpdpbusd.512")
-            vec_ptr = builder.bitcast(code_arr.data, _V16.as_pointer())
-            first_vec = builder.mul(g_val, n_quads)
-            quad_ptr = builder.bitcast(quad_arr.data, _I32.as_pointer())
-            rows = [builder.mul(builder.add(q0_val, ir.Constant(q0_val.type, i)), row_len) for i in range(n_queries)]
-            block_offsets = [builder.mul(ir.Constant(n_quads.type, a), n_quads) for a in range(n_blocks)]
-            entry = builder.basic_block
-            loop = builder.append_basic_block("vnni_loop")
-            done = builder.append_basic_block("vnni_done")
-            builder.branch(loop)
-            builder.position_at_end(loop)
-            t = builder.phi(n_quads.type)
-            t.add_incoming(ir.Constant(n_quads.type, 0), entry)
-            accs = []
-            for _ in range(n_queries * n_blocks):
-                acc = builder.phi(_V16)
-                acc.add_incoming(ir.Constant(_V16, None), entry)
-                accs.append(acc)
-            codes = [builder.load(builder.gep(vec_ptr, [builder.add(builder.add(first_vec, t), block)]), align=1)
-                     for block in block_offsets]
-            news = []
-            for i in range(n_queries):
-                quad = builder.load(builder.gep(quad_ptr, [builder.add(rows[i], t)]))
-                splat = builder.insert_element(ir.Constant(_V16, None), quad, ir.Constant(_I32, 0))
-                splat = builder.shuffle_vector(splat, ir.Constant(_V16, None), ir.Constant(_V16, [0] * 16))
-                for a in range(n_blocks):
-                    new = builder.call(dot, [accs[i * n_blocks + a], splat, codes[a]])
-                    accs[i * n_blocks + a].add_incoming(new, loop)
-                    news.append(new)
-            t_next = builder.add(t, ir.Constant(t.type, 1))
-            t.add_incoming(t_next, loop)
-            builder.cbranch(builder.icmp_signed("<", t_next, n_quads), loop, done)
-            builder.position_at_end(done)
-            out_ptr = builder.bitcast(out_arr.data, _V16.as_pointer())
-            for i, new in enumerate(news):
-                builder.store(new, builder.gep(out_ptr, [ir.Constant(_I32, i)]), align=4)
+            arrays = [context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 2, 4)]
+            per_pass = min(n_blocks, isa.blocks_per_pass or n_blocks)
+            for first in range(0, n_blocks, per_pass):
+                _tile_pass(builder, isa(builder), arrays, args[1], args[3], n_queries, n_blocks,
+                           range(first, first + per_pass))
             return context.get_dummy_value()
 
         return sig, codegen
 
     return tile
+
+
+def _tile_pass(builder, ops, arrays, g_val, q0_val, n_queries: int, n_blocks: int, tile_blocks: range):
+    """Emit one loop over the quads that sums the tile's blocks `tile_blocks` with its queries and stores them
+    (see _make_tile)."""
+    code_arr, quad_arr, out_arr = arrays
+    n_quads = builder.extract_value(code_arr.shape, 1)
+    row_len = builder.extract_value(quad_arr.shape, 1)
+    vec_ptr = builder.bitcast(code_arr.data, _B64.as_pointer())
+    first_vec = builder.mul(g_val, n_quads)
+    quad_ptr = builder.bitcast(quad_arr.data, _I32.as_pointer())
+    rows = [builder.mul(builder.add(q0_val, ir.Constant(q0_val.type, i)), row_len) for i in range(n_queries)]
+    block_offsets = [builder.mul(ir.Constant(n_quads.type, a), n_quads) for a in tile_blocks]
+    entry = builder.basic_block
+    loop = builder.append_basic_block("tile_loop")
+    done = builder.append_basic_block("tile_done")
+    builder.branch(loop)
+    builder.position_at_end(loop)
+    t = builder.phi(n_quads.type)
+    t.add_incoming(ir.Constant(n_quads.type, 0), entry)
+    accs = []
+    for _ in range(n_queries * len(tile_blocks) * ops.accumulators):
+        acc = builder.phi(ops.acc_type)
+        acc.add_incoming(ir.Constant(ops.acc_type, None), entry)
+        accs.append(acc)
+    codes = [ops.codes(builder.load(builder.gep(vec_ptr, [builder.add(builder.add(first_vec, t), block)]), align=1))
+             for block in block_offsets]
+    news = []
+    for i in range(n_queries):
+        query = ops.query(builder.load(builder.gep(quad_ptr, [builder.add(rows[i], t)])))
+        for parts in codes:
+            for part in parts:
+                acc = accs[len(news)]
+                new = ops.step(acc, part, query)
+                acc.add_incoming(new, loop)
+                news.append(new)
+    t_next = builder.add(t, ir.Constant(t.type, 1))
+    t.add_incoming(t_next, loop)
+    builder.cbranch(builder.icmp_signed("<", t_next, n_quads), loop, done)
+    builder.position_at_end(done)
+    out_ptr = builder.bitcast(out_arr.data, _V16.as_pointer())
+    n = ops.accumulators
+    for i in range(n_queries):
+        for j, a in enumerate(tile_blocks):
+            first = (i * len(tile_blocks) + j) * n
+            builder.store(ops.sums(news[first:first + n]), builder.gep(out_ptr, [ir.Constant(_I32, i * n_blocks + a)]),
+                          align=4)
 
 
 _F32 = ir.FloatType()
@@ -204,8 +284,9 @@ def generic_tile(blocks, g, quads, q0, n_queries, n_blocks, out):
 
 TILES = ((1, 1), (1, 4), (4, 1), (4, 2))   # (queries, blocks) shapes the kernels use
 
-if host_has_vnni():
-    _q1b1, _q1b4, _q4b1, _q4b2 = (_make_vnni_tile(nq, nb) for nq, nb in TILES)
+if host_has_vnni() or host_has_avx2():
+    ISA = _Vnni if host_has_vnni() else _Avx2
+    _q1b1, _q1b4, _q4b1, _q4b2 = (_make_tile(nq, nb, ISA) for nq, nb in TILES)
 
     @njit(inline="always")
     def tile(n_queries, n_blocks, blocks, g, quads, q0, out):
@@ -220,7 +301,7 @@ if host_has_vnni():
         else:
             _q4b2(blocks, g, quads, q0, out)
 
-    KIND = "avx512-vnni"
+    KIND = "avx512-vnni" if ISA is _Vnni else "avx2"
 else:
     @njit(inline="always")
     def tile(n_queries, n_blocks, blocks, g, quads, q0, out):
