@@ -97,8 +97,8 @@ def main(argv=None):
                            f"{registers} registers) x nominal clock" if instruction else "none for a plain Numba tile",
               "dot_instruction": instruction, "dot_registers": registers, "dot_in_asm": found,
               "rows": rows, "machine": machine_info(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    print(f"kernel: {vnni.KIND}, {found} {instruction} instructions on {registers} registers in the assembly of "
-          "the scan kernel and of the 4 x 2 tile")
+    print(f"kernel: {vnni.KIND}" + (f", {found} {instruction} instructions on {registers} registers in the assembly "
+                                    "of the scan kernel and of the 4 x 2 tile" if instruction else ""))
     a.out.mkdir(parents=True, exist_ok=True)
     path = a.out / f"screen-kernel-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}.json"
     path.write_text(json.dumps(result, indent=1))
