@@ -68,7 +68,8 @@ def test_synthetic_is_seeded_and_zipfian():
 
 
 def test_build_with_train_labels_and_settings_then_search_with_settings(tmp_path, capsys):
-    """`wolindex build W.npy out.wol --method lss --train H.npy --labels y.npy --set n_tables=2 n_buckets=8`
+    """`wolindex build W.npy out.wol --method lss --train H.npy --labels y.npy --set n_tables=2 n_buckets=8
+    train_on=labels`
     builds with those settings from those files (stats, the index's 2 x 8 buckets, labels taken from the
     file); `wolindex search ... --set n_probe=2` searches with n_probe=2 (the results of the Python search
     with n_probe=2, which differ from the default n_probe=1's)."""
@@ -80,7 +81,7 @@ def test_build_with_train_labels_and_settings_then_search_with_settings(tmp_path
         np.save(tmp_path / f"{name}.npy", array)
     cli.main(["build", str(tmp_path / "W.npy"), str(tmp_path / "lss.wol"), "--bias", str(tmp_path / "b.npy"),
               "--method", "lss", "--train", str(tmp_path / "H_train.npy"), "--labels", str(tmp_path / "y.npy"),
-              "--set", "n_tables=2", "n_buckets=8", "rounds=1"])
+              "--set", "n_tables=2", "n_buckets=8", "rounds=1", "train_on=labels"])
     stats = json.loads(capsys.readouterr().out)
     assert stats["method"] == "lss" and stats["n_classes"] == 300
     assert {k: stats["build_params"][k] for k in ("n_tables", "n_buckets", "rounds")} == \
@@ -89,7 +90,7 @@ def test_build_with_train_labels_and_settings_then_search_with_settings(tmp_path
     assert index.method.buckets.n_buckets == 16 and index.method.state["labels_from"] == "labels"
     np.testing.assert_array_equal(index.layer.class_b(), b)
     expected = wolindex.build(W, b, method="lss", train=H_train, labels=y, n_tables=2, n_buckets=8, rounds=1,
-                              verbose=False)
+                              train_on="labels", verbose=False)
     np.testing.assert_array_equal(index.method.buckets.indices, expected.method.buckets.indices)  # y was used
 
     cli.main(["search", str(tmp_path / "lss.wol"), str(tmp_path / "H.npy"), "-k", "5", "--set", "n_probe=2",

@@ -3,10 +3,12 @@ query hash functions are learned so that a query lands in the bucket holding its
 
 Build, per table: labels start in the bucket of a k-means clustering of W's rows (seeded per table); the
 query hash (a linear map h -> B bucket scores, started from the centroids) is trained with cross-entropy
-toward the bucket of the query's label; then each label moves to the buckets its training queries land in
-(at most `max_copies` of them, most visited first; labels no query visits stay put); train and reassign
-alternate for `rounds` rounds. Search: the top-n_probe buckets of every table, the union of their labels
-scored exactly by the candidate engine (a label in several probed buckets scored once)."""
+toward the bucket of the query's label (by default the query's exact top-1 class, which is what an index of
+the layer must find; train_on='labels': the given labels, as in the paper); then each label moves to the
+buckets its training queries land in (at most `max_copies` of them, most visited first; labels no query
+visits stay put); train and reassign alternate for `rounds` rounds. Search: the top-n_probe buckets of every
+table, the union of their labels scored exactly by the candidate engine (a label in several probed buckets
+scored once)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,6 +23,8 @@ from ..ops import HostOps
 from ..registry import register
 from .hashing import HashTable, HashTables, kmeans_buckets, label_recall, reassign, target_buckets
 
+TRAIN_ON = ("top1", "labels")   # what the hash learns to find: the exact top-1 class, or the given labels
+
 
 @dataclass(frozen=True)
 class LSSBuild(BucketBuildParams):
@@ -28,8 +32,10 @@ class LSSBuild(BucketBuildParams):
     rounds: train-then-reassign rounds; epochs: passes over the training queries per round; batch_size; lr
     (Adam); max_copies: buckets a label may live in per table; bucket_cap: at reassignment a bucket takes at
     most bucket_cap * D / B labels (those with most queries landing there; the others keep their clustering
-    bucket), so popular buckets do not swallow the vocabulary; 0 for no cap; seed: table t's k-means uses
-    seed + t, which must stay below 2^32 (k-means' limit)."""
+    bucket), so popular buckets do not swallow the vocabulary; 0 for no cap; train_on: 'top1' trains on each
+    training query's exact top-1 class, 'labels' on the labels passed to build (the paper's setting; the
+    labels are used only then); seed: table t's k-means uses seed + t, which must stay below 2^32 (k-means'
+    limit)."""
 
     n_tables: int = 2
     n_buckets: int = 1024
@@ -37,8 +43,9 @@ class LSSBuild(BucketBuildParams):
     epochs: float = 1.0
     batch_size: int = 1024
     lr: float = 3e-3
-    max_copies: int = 2
+    max_copies: int = 16
     bucket_cap: float = 2.0
+    train_on: str = "top1"
     seed: int = 0
 
     def validate(self) -> None:
@@ -52,6 +59,8 @@ class LSSBuild(BucketBuildParams):
         check_number("bucket_cap", self.bucket_cap, allow_zero=True)
         check_number("epochs", self.epochs)
         check_number("lr", self.lr)
+        if self.train_on not in TRAIN_ON:
+            raise ValueError(f"train_on: expected one of {TRAIN_ON}, got {self.train_on!r}")
 
 
 @dataclass(frozen=True)
@@ -90,8 +99,12 @@ class LSS(BucketMethod):
 
         if train is None:
             raise ValueError("train: method 'lss' learns its hash from sample hidden states; pass train=H (N, d)")
-        y = labels
-        if y is None:
+        if params.train_on == "labels":
+            if labels is None:
+                raise ValueError("labels: train_on='labels' trains the hash on given labels; pass labels=y (N,) "
+                                 "or use train_on='top1'")
+            y = labels
+        else:
             y = teacher_topk(layer, train, 1, verbose)[0][:, 0]
         B = min(params.n_buckets, layer.n_classes)
         cap = int(min(params.bucket_cap * layer.n_classes / B, layer.n_classes))  # labels; D or more: no limit
@@ -113,7 +126,8 @@ class LSS(BucketMethod):
                   "hash_V": np.concatenate([tb.V for tb in tables]), "hash_c": np.concatenate([tb.c for tb in tables])}
         sizes = buckets.sizes()
         state = {"n_tables": params.n_tables, "n_buckets": B, "mean_bucket": float(sizes.mean()),
-                 "max_bucket": int(sizes.max()), "labels_from": "labels" if labels is not None else "exact top-1",
+                 "max_bucket": int(sizes.max()),
+                 "labels_from": "labels" if params.train_on == "labels" else "exact top-1",
                  "training": history}
         if params.screen:
             arrays.update(cls.screen_arrays(layer, buckets))
