@@ -95,7 +95,8 @@ def build_job(job: dict) -> dict:
     H_train = np.ascontiguousarray(ds.H_train[:job.get("n_train", len(ds.H_train))], np.float32)
     H_test = np.ascontiguousarray(ds.H_test[:job["n_test"]], np.float32)
     small = slice(0, min(W.shape[0], WARMUP_CLASSES))
-    wolindex.build(W[small], b[small], method=job["method"], train=H_train[:WARMUP_QUERIES],
+    warmup_labels = ds.y_train[:WARMUP_QUERIES] % small.stop if job["labels"] else None   # any ids of the small layer
+    wolindex.build(W[small], b[small], method=job["method"], train=H_train[:WARMUP_QUERIES], labels=warmup_labels,
                    class_counts=ds.class_counts[small], verbose=False, **job.get("build", {})).search(H_test[:4], k)
     np.dot(W, H_test[:WARMUP_PRODUCT].T)   # OpenBLAS's per-thread buffers, touched by the first product over a wide W
     data = rss()["rss"]

@@ -22,7 +22,8 @@ def build(W, b=None, method: str = "exact", *, train=None, labels=None, class_co
 
     W: (D, d) array from any framework (or an OutputLayer, then b and class_counts must be None);
     b: (D,) or None for zeros; method: a name in wolindex.METHODS; train: (N, d) sample hidden states and
-    labels: (N,) their true class ids, for learned builders; class_counts: (D,) training frequencies;
+    labels: (N,) their true class ids, for learned builders that use them (DS; LSS with train_on='labels';
+    adaptive's frequencies without class_counts); class_counts: (D,) training frequencies;
     scoring: 'logit' (softmax layers) or 'spherical' (spherical softmax with `epsilon`: classes ranked by
     (w.h + b)^2, and search(..., return_probs=True) available); params: the method's build settings (see
     wolindex.METHODS[method].Build); dtype: how the index stores W's rows, 'float32', 'float16' or

@@ -1,5 +1,5 @@
 """method='lss': Label Superior Sampling (Liu et al. 2020, "Climbing the WOL"): L hash tables of B buckets whose
-query hash functions are learned so that a query lands in the bucket holding its true label.
+query hash functions are learned so that a query lands in the bucket holding its label.
 
 Build, per table: labels start in the bucket of a k-means clustering of W's rows (seeded per table); the
 query hash (a linear map h -> B bucket scores, started from the centroids) is trained with cross-entropy
