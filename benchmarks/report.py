@@ -296,11 +296,14 @@ def screen_kernel_block(results: Path = RESULTS) -> str:
         path, r = newest_of[tile]
         instruction, registers = r.get("dot_instruction", "vpdpbusd"), r.get("dot_registers", "zmm")
         found = r.get("dot_in_asm", r.get("vpdpbusd_zmm_in_asm"))
-        peak = f"{r['peak_gmac_per_s']:.0f}" if r["peak_gmac_per_s"] else "unknown"
-        peak = f"peak {peak} GMAC/s ({r['peak_rule']}, {r['nominal_ghz']} GHz); {found} `{instruction}` instructions " \
-               f"on {registers} registers in the kernel's assembly" if instruction else "a plain Numba tile, no peak"
+        gmac = f"{r['peak_gmac_per_s']:.0f}" if r["peak_gmac_per_s"] else "unknown"
+        tile_text = f"peak {gmac} GMAC/s ({r['peak_rule']}, {r['nominal_ghz']} GHz); {found} `{instruction}` " \
+                    f"instructions on {registers} registers in the kernel's assembly" if instruction \
+            else "a plain Numba tile, no peak"
         lines += [f"{r['dataset']} (D={r['n_classes']:,}, d={r['dim']}), top-{r['candidates']} kept, "
-                  f"{r['threads']} threads, {r['machine']['cpu']}, tile: {tile}; {peak}; from {source_link(path)}.", "",
+                  f"{r['threads']} threads, {r['machine']['cpu']}, tile: {tile}; {tile_text}; "
+                  f"from {source_link(path)}.",
+                  "",
                   "| batch | ms per call | int8 GMAC/s | share of peak | codes GB/s |", "|---:|---:|---:|---:|---:|"]
         for row in r["rows"]:
             share = f"{row['share_of_peak']:.1%}" if row["share_of_peak"] is not None else "-"
