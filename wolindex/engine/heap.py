@@ -40,11 +40,18 @@ def sift_down(hs, hl, i, size, s, lab):
     hl[i] = lab
 
 
+@njit
+def replace_root(hs, hl, s, lab):
+    """Put (s, lab) in place of the heap's worst entry. A call, not inlined into the kernels: offers rarely
+    reach it, and one copy of its loop per offer made every kernel slow to compile."""
+    sift_down(hs, hl, 0, hs.shape[0], s, lab)
+
+
 @njit(inline="always")
 def offer(hs, hl, s, lab):
     """Keep (s, lab) if it beats the worst entry."""
     if worse(hs[0], hl[0], s, lab):
-        sift_down(hs, hl, 0, hs.shape[0], s, lab)
+        replace_root(hs, hl, s, lab)
 
 
 @njit(inline="always")
@@ -54,7 +61,7 @@ def offer_unique(hs, hl, s, lab):
         for t in range(hl.shape[0]):
             if hl[t] == lab:
                 return
-        sift_down(hs, hl, 0, hs.shape[0], s, lab)
+        replace_root(hs, hl, s, lab)
 
 
 @njit(inline="always")

@@ -182,14 +182,15 @@ def _tail_item(r, q_lo, q_hi, cuts, cluster_block, opened, blocks, slot_class, c
         n_sel = 0
         for i in range(q_lo, q_hi):
             if opened[i, j]:
-                sel_quads[n_sel] = quads[i]
+                for t in range(quads.shape[1]):   # a loop, not a row assignment: no shape check to compile
+                    sel_quads[n_sel, t] = quads[i, t]
                 sel_scale[n_sel] = qscale[i]
                 sel_const[n_sel] = qconst[i]
                 qid[n_sel] = i
                 n_sel += 1
         if n_sel:
             _scan(blocks, max(cuts[r], cluster_block[j]), min(cuts[r + 1], cluster_block[j + 1]), slot_class, corr,
-                  scale, shift, sel_quads, sel_scale, sel_const, n_sel, qid, tb_s[r], tb_l[r], tb_n[r])
+                  scale, shift, sel_quads, sel_scale, sel_const, np.int64(n_sel), qid, tb_s[r], tb_l[r], tb_n[r])
         j += 1
 
 
@@ -232,8 +233,8 @@ def adaptive_screen_kernel(blocks, block_ptr, slot_class, corr, scale, shift, me
     opened = np.empty((N, J), np.bool_)
     for i in prange(N):                                         # the head rescored; the clusters each query opens
         clear(heap_s[i], heap_l[i])
-        head_n[i] = _gather_rescore(i, hb_s, hb_l, hb_n, heap_s[i], heap_l[i], W, b, class_row, H, row_block)
-        _open_clusters(i, heap_s, heap_l, gates, margin, rank, opened)
+        head_n[i] = _gather_rescore(np.int64(i), hb_s, hb_l, hb_n, heap_s[i], heap_l[i], W, b, class_row, H, row_block)
+        _open_clusters(np.int64(i), heap_s, heap_l, gates, margin, rank, opened)
     cluster_block = np.empty(J + 1, np.int64)                   # first block (of `blocks`) of each cluster
     for j in range(J + 1):
         cluster_block[j] = block_ptr[1 + cluster_ptr[j]]
@@ -245,7 +246,7 @@ def adaptive_screen_kernel(blocks, block_ptr, slot_class, corr, scale, shift, me
         _tail_item(item % n_tail_ranges, q_lo, min(N, q_lo + RUN), cuts, cluster_block, opened, blocks, slot_class,
                    corr, scale, shift, quads, qscale, qconst, tb_s, tb_l, tb_n)
     for i in prange(N):                                         # the tail's best rescored into the head's heap
-        n_scored[i] = head_n[i] + _gather_rescore(i, tb_s, tb_l, tb_n, heap_s[i], heap_l[i], W, b, class_row, H,
+        n_scored[i] = head_n[i] + _gather_rescore(np.int64(i), tb_s, tb_l, tb_n, heap_s[i], heap_l[i], W, b, class_row, H,
                                                   row_block)
         write_sorted(heap_s[i], heap_l[i], out_s[i], out_l[i])
 
