@@ -232,9 +232,10 @@ def adaptive_screen_kernel(blocks, block_ptr, slot_class, corr, scale, shift, me
     head_n = np.empty(N, np.int64)
     opened = np.empty((N, J), np.bool_)
     for i in prange(N):                                         # the head rescored; the clusters each query opens
-        clear(heap_s[i], heap_l[i])
-        head_n[i] = _gather_rescore(np.int64(i), hb_s, hb_l, hb_n, heap_s[i], heap_l[i], W, b, class_row, H, row_block)
-        _open_clusters(np.int64(i), heap_s, heap_l, gates, margin, rank, opened)
+        q = np.int64(i)                                         # (one compiled helper for both loops' indexes)
+        clear(heap_s[q], heap_l[q])
+        head_n[q] = _gather_rescore(q, hb_s, hb_l, hb_n, heap_s[q], heap_l[q], W, b, class_row, H, row_block)
+        _open_clusters(q, heap_s, heap_l, gates, margin, rank, opened)
     cluster_block = np.empty(J + 1, np.int64)                   # first block (of `blocks`) of each cluster
     for j in range(J + 1):
         cluster_block[j] = block_ptr[1 + cluster_ptr[j]]
@@ -246,9 +247,10 @@ def adaptive_screen_kernel(blocks, block_ptr, slot_class, corr, scale, shift, me
         _tail_item(item % n_tail_ranges, q_lo, min(N, q_lo + RUN), cuts, cluster_block, opened, blocks, slot_class,
                    corr, scale, shift, quads, qscale, qconst, tb_s, tb_l, tb_n)
     for i in prange(N):                                         # the tail's best rescored into the head's heap
-        n_scored[i] = head_n[i] + _gather_rescore(np.int64(i), tb_s, tb_l, tb_n, heap_s[i], heap_l[i], W, b, class_row, H,
+        q = np.int64(i)
+        n_scored[q] = head_n[q] + _gather_rescore(q, tb_s, tb_l, tb_n, heap_s[q], heap_l[q], W, b, class_row, H,
                                                   row_block)
-        write_sorted(heap_s[i], heap_l[i], out_s[i], out_l[i])
+        write_sorted(heap_s[q], heap_l[q], out_s[q], out_l[q])
 
 
 class ScreenedSearch:
