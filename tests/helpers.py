@@ -1,5 +1,7 @@
 """Test helpers shared by the test files (data makers and the tie-aware top-k check); fixtures live in
 conftest.py. Import with `from helpers import ...`."""
+from contextlib import contextmanager
+
 import numpy as np
 
 
@@ -41,3 +43,16 @@ def assert_topk_matches(scores, labels, logits, k, cand_mask=None, rtol=1e-5, at
         np.testing.assert_allclose(row_s[:m], logits[i, got], rtol=rtol, atol=atol, err_msg=f"row {i}: score != logit")
         np.testing.assert_allclose(row_s[:m], ref[i, :m], rtol=rtol, atol=atol, err_msg=f"row {i}: not the top-k")
         assert np.all(np.diff(row_s[:m]) <= 0), f"row {i}: not sorted"
+
+
+@contextmanager
+def numba_threads(n):
+    """Run the block with n of Numba's threads (at most its configured number), then restore the count."""
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)

@@ -1,12 +1,12 @@
 """Adaptive's screened search in one kernel call (methods/adaptive/screened.py) against the general search it
 replaces on the numba engine (search_with: head, router, tail and merge as separate calls)."""
-import numba
 import numpy as np
 import pytest
 
 import wolindex
 from wolindex.contrib.datasets import synthetic
 from wolindex.methods.ops import HostOps
+from helpers import numba_threads
 
 
 @pytest.fixture(scope="module")
@@ -44,17 +44,13 @@ def test_one_call_equals_the_general_search(data, threads, cutoffs, settings, k)
     """Labels, scores and classes rescored equal the general search's for batches of 1, of a run of queries
     plus a remainder, and for several runs, on one and two threads."""
     index = built(data, cutoffs)
-    before = numba.get_num_threads()
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    try:
+    with numba_threads(threads):
         for H in (data.H_test[:1], data.H_test[1:2], data.H_test[:67], data.H_test):
             got = index.search(H, k, return_n_scored=True, **settings)
             want = general(index, H, k, settings)
             np.testing.assert_array_equal(got[1], want[1])
             np.testing.assert_array_equal(got[0], want[0])
             np.testing.assert_array_equal(got[2], want[2])
-    finally:
-        numba.set_num_threads(before)
     if settings["margin"] == -1e30:
         assert np.all(got[2] == settings["screen"])     # the head's screen alone
 

@@ -3,7 +3,6 @@ settings, exact scores, save / load, missing extras, bad settings and damaged fi
 import sys
 from pathlib import Path
 
-import numba
 import numpy as np
 import pytest
 
@@ -11,7 +10,7 @@ import wolindex
 from wolindex._numeric import inverse_transpose, transform_columns, whitening, with_bias_column, with_one_column
 from wolindex.contrib.datasets import synthetic
 from wolindex.metrics import p_at_k
-from helpers import random_layer, random_queries
+from helpers import numba_threads, random_layer, random_queries
 
 pytest.importorskip("faiss")
 
@@ -48,13 +47,9 @@ def built():
             extra, build, _ = PEERS[peer]
             if extra != "faiss":
                 pytest.importorskip(extra)
-            threads = numba.get_num_threads()
-            numba.set_num_threads(1)   # hnswlib inserts in the engine's threads: in one, its seeded graph repeats
-            try:
+            with numba_threads(1):   # hnswlib inserts in the engine's threads: in one, its seeded graph repeats
                 cache[peer, whiten] = wolindex.build(DS.W, DS.b, method=method_of(peer), train=DS.H_train,
                                                      whiten=whiten, verbose=False, **build)
-            finally:
-                numba.set_num_threads(threads)
         return cache[peer, whiten]
     return get
 
